@@ -1,0 +1,217 @@
+//! The memory layout shared by the eBPF program and user space.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, has explicit padding and uses `u32` flags instead of
+//! `bool`, so that both sides agree byte for byte. The size assertions at the bottom fail the build
+//! of either side when a field is added without updating the other.
+#![no_std]
+
+/// Name of the per-CPU hash map that counts checks per [`CheckKey`].
+pub const CHECK_COUNTS_MAP: &str = "CHECK_COUNTS";
+/// Name of the hash map that remembers which (key, kernel stack) pairs were already reported.
+pub const CALL_SITES_MAP: &str = "CALL_SITES";
+/// Name of the stack-trace map that holds kernel stacks.
+pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
+/// Name of the ring buffer that carries [`CheckEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the per-task scratch map the kprobe program uses to hand arguments to the kretprobe.
+pub const PENDING_CHECKS_MAP: &str = "PENDING_CHECKS";
+
+/// Name of the `tp_btf` program on the `cap_capable` tracepoint.
+pub const TRACEPOINT_PROGRAM: &str = "cap_capable_tp";
+/// Name of the `fexit` program on `cap_capable`.
+pub const FEXIT_PROGRAM: &str = "cap_capable_fexit";
+/// Name of the `kprobe` program on `cap_capable`.
+pub const KPROBE_PROGRAM: &str = "cap_capable_kprobe";
+/// Name of the `kretprobe` program on `cap_capable`.
+pub const KRETPROBE_PROGRAM: &str = "cap_capable_kretprobe";
+/// The kernel function and tracepoint every program hooks.
+pub const HOOKED_FUNCTION: &str = "cap_capable";
+
+/// Default capacity of [`CHECK_COUNTS_MAP`]: distinct (cgroup, cap, verdict, syscall, flags) keys.
+pub const DEFAULT_CHECK_COUNTS_ENTRIES: u32 = 16 * 1024;
+/// Default capacity of [`CALL_SITES_MAP`] and of the stack-trace map.
+pub const DEFAULT_CALL_SITES_ENTRIES: u32 = 16 * 1024;
+/// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Names of the read-only globals user space sets at load time (`EbpfLoader::override_global`).
+pub mod globals {
+    /// `u64`: only count checks from this cgroup v2 id; 0 counts every cgroup.
+    pub const TARGET_CGROUP_ID: &str = "TARGET_CGROUP_ID";
+    /// `u32`: byte offset of `real_cred` in `struct task_struct`, read from kernel BTF.
+    pub const TASK_REAL_CRED_OFFSET: &str = "TASK_REAL_CRED_OFFSET";
+    /// `u32`: byte offset of `flags` in `struct task_struct`, read from kernel BTF.
+    pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
+    /// `u32`: byte offset of `euid` in `struct cred`, read from kernel BTF.
+    pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
+    /// `u32`: byte offset of the syscall-number slot in `struct pt_regs` (`orig_ax` on x86_64).
+    pub const PT_REGS_SYSCALL_NR_OFFSET: &str = "PT_REGS_SYSCALL_NR_OFFSET";
+    /// `u32`: one of [`super::CapCapableAbi`] as `u32`: how to read `cap_capable`'s 4th argument.
+    pub const CAP_CAPABLE_ABI: &str = "CAP_CAPABLE_ABI";
+}
+
+/// How `cap_capable`'s fourth argument is to be read. Decided from kernel BTF, never from the
+/// kernel version, because distributions backport the change.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapCapableAbi {
+    /// `unsigned int opts` (Linux 5.1 and later): a bit set of `CAP_OPT_*`.
+    Opts = 0,
+    /// `int audit` (before Linux 5.1): `0` means `SECURITY_CAP_NOAUDIT`, `1` audited.
+    LegacyAudit = 1,
+}
+
+/// Whether the kernel granted a capability check.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    /// `cap_capable` returned 0.
+    Granted = 0,
+    /// `cap_capable` returned a negative errno (always `-EPERM` in practice).
+    Denied = 1,
+}
+
+impl Verdict {
+    /// Converts the raw `u32` stored in a [`CheckKey`]; unknown values read as `None`.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            0 => Some(Self::Granted),
+            1 => Some(Self::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// Bits of [`CheckKey::flags`].
+pub mod check_flags {
+    /// The checked `cred` is not the current task's `real_cred`: the kernel asked on behalf of
+    /// another task, a file opener or a mounter.
+    pub const FOREIGN_CRED: u32 = 1 << 0;
+    /// The checked `cred`'s effective uid is not 0.
+    pub const NONROOT_EUID: u32 = 1 << 1;
+    /// `OPTS_NOAUDIT` and `OPTS_INSETID` were observed by the attach path (fexit, kprobe). When
+    /// unset (the tracepoint path) the options are unknown, not absent.
+    pub const OPTS_KNOWN: u32 = 1 << 2;
+    /// `CAP_OPT_NOAUDIT`: a silent probe whose caller falls back when it is denied.
+    pub const OPTS_NOAUDIT: u32 = 1 << 3;
+    /// `CAP_OPT_INSETID`: the setid family of checks.
+    pub const OPTS_INSETID: u32 = 1 << 4;
+    /// The check ran outside a system call (kernel thread, interrupt, or a task in its exit path).
+    pub const NO_SYSCALL: u32 = 1 << 5;
+}
+
+/// The kernel's `CAP_OPT_NOAUDIT` bit in `cap_capable`'s `opts`.
+pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;
+/// The kernel's `CAP_OPT_INSETID` bit in `cap_capable`'s `opts`.
+pub const CAP_OPT_INSETID: u32 = 1 << 2;
+
+/// What the kernel aggregates checks by. Cheap to build on every check: no stack walk.
+///
+/// The kernel stack is deliberately not part of the key: walking it costs about a microsecond per
+/// check on these machines, several times bpftrace's whole per-check cost. Call sites are recorded
+/// separately, in [`CallSiteKey`], when a key is first seen and each time its per-CPU count reaches
+/// a power of two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckKey {
+    /// cgroup v2 id of the checking task (`bpf_get_current_cgroup_id`): the inode of its directory.
+    pub cgroup_id: u64,
+    /// Capability number (`CAP_CHOWN` = 0 ...).
+    pub cap: u32,
+    /// A [`Verdict`] as `u32`.
+    pub verdict: u32,
+    /// The system call the task is in, or -1 (see [`check_flags::NO_SYSCALL`]).
+    pub syscall_nr: i32,
+    /// [`check_flags`] bits.
+    pub flags: u32,
+}
+
+/// One kernel call path under a [`CheckKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallSiteKey {
+    pub check: CheckKey,
+    /// Id in the stack-trace map, or a negative errno when the stack could not be taken.
+    pub stack_id: i64,
+}
+
+/// Sent through the ring buffer the first time a [`CallSiteKey`] is seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckEvent {
+    pub site: CallSiteKey,
+    /// `bpf_ktime_get_boot_ns` at the check.
+    pub boot_time_ns: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Real uid of the task.
+    pub uid: u32,
+    /// Real gid of the task.
+    pub gid: u32,
+    /// Task name, NUL padded.
+    pub comm: [u8; 16],
+    /// Raw `opts` (or legacy `audit`) argument when [`check_flags::OPTS_KNOWN`] is set.
+    pub raw_opts: u32,
+    pub _padding: u32,
+}
+
+/// Indices into the per-CPU counters array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events that did not fit in the ring buffer. They are retried the next time the key's count
+    /// reaches a power of two; aggregate counts are unaffected.
+    EventsLost = 0,
+    /// Checks not counted because the aggregate map was full. Must stay 0.
+    ChecksDropped = 1,
+    /// Call sites not recorded because the call-site map was full.
+    CallSitesDropped = 2,
+    /// Kernel stacks that could not be taken (`bpf_get_stackid` failed).
+    StackErrors = 3,
+    /// kretprobe returns without a matching kprobe entry (kprobe path only).
+    UnmatchedReturns = 4,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Self; 5] = [
+        Self::EventsLost,
+        Self::ChecksDropped,
+        Self::CallSitesDropped,
+        Self::StackErrors,
+        Self::UnmatchedReturns,
+    ];
+}
+
+/// Number of slots in the counters array.
+pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
+
+/// Arguments the kprobe stashes per task for the kretprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCheck {
+    /// Address of the checked `struct cred`.
+    pub cred: u64,
+    pub cap: u32,
+    pub raw_opts: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CheckKey>() == 24);
+const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
+const _: () = assert!(core::mem::size_of::<CheckEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
+const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // (checked by the size assertions above), so any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::CheckKey {}
+    unsafe impl aya::Pod for super::CallSiteKey {}
+    unsafe impl aya::Pod for super::CheckEvent {}
+    unsafe impl aya::Pod for super::PendingCheck {}
+}

@@ -1,0 +1,167 @@
+//! Reads what the eBPF program gathered: aggregate counts, first-sighting events, kernel stacks
+//! and the program's own counters.
+//!
+//! [`CheckSource`] is the seam between the kernel and the rest of capprof: the real
+//! [`KernelCollector`] reads BPF maps, and unit tests drive the pipeline with a fake.
+
+use std::collections::HashMap;
+
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
+use capprof_common::{
+    CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, CheckEvent, CheckKey, Counter, EVENTS_MAP,
+    KERNEL_STACKS_MAP,
+};
+use serde::Serialize;
+
+use crate::loader::Tracer;
+
+/// The program's own counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TracerCounters {
+    /// First-sighting events that did not fit in the ring buffer (retried later; counts are exact).
+    pub events_lost: u64,
+    /// Checks not counted because the aggregate map was full.
+    pub checks_dropped: u64,
+    /// Call sites not recorded because the call-site map was full.
+    pub call_sites_dropped: u64,
+    /// Kernel stacks that could not be taken.
+    pub stack_errors: u64,
+    /// kretprobe returns without a matching entry (kprobe mode only).
+    pub unmatched_returns: u64,
+}
+
+impl TracerCounters {
+    fn set(&mut self, counter: Counter, value: u64) {
+        let slot = match counter {
+            Counter::EventsLost => &mut self.events_lost,
+            Counter::ChecksDropped => &mut self.checks_dropped,
+            Counter::CallSitesDropped => &mut self.call_sites_dropped,
+            Counter::StackErrors => &mut self.stack_errors,
+            Counter::UnmatchedReturns => &mut self.unmatched_returns,
+        };
+        *slot = value;
+    }
+}
+
+/// Everything read in one pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collection {
+    /// The cumulative count of every key, summed over CPUs.
+    pub counts: Vec<(CheckKey, u64)>,
+    /// Events sent since the previous pass, in ring-buffer order.
+    pub events: Vec<CheckEvent>,
+    /// The program's counters (cumulative).
+    pub counters: TracerCounters,
+}
+
+/// Why reading the maps failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("the loaded program has no `{0}` map; the eBPF object does not match this binary")]
+    MissingMap(&'static str),
+    #[error("reading the `{map}` map failed: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Where checks come from.
+pub trait CheckSource {
+    /// Reads the current counts and the events that arrived since the last call.
+    fn collect(&mut self) -> Result<Collection, CollectError>;
+
+    /// The instruction pointers of a kernel stack, innermost first.
+    fn kernel_stack(&mut self, stack_id: u32) -> Result<Vec<u64>, CollectError>;
+}
+
+/// Reads the maps of a loaded [`Tracer`].
+pub struct KernelCollector {
+    counts: PerCpuHashMap<MapData, CheckKey, u64>,
+    events: RingBuf<MapData>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCollector").finish_non_exhaustive()
+    }
+}
+
+impl KernelCollector {
+    /// Takes the maps out of a freshly loaded tracer. Call once per tracer.
+    pub fn new(tracer: &mut Tracer) -> Result<Self, CollectError> {
+        let ebpf = tracer.ebpf_mut();
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(CollectError::MissingMap(name));
+        let map_error = |map: &'static str| move |source| CollectError::Map { map, source };
+        let counts = take(CHECK_COUNTS_MAP)?;
+        let events = take(EVENTS_MAP)?;
+        let stacks = take(KERNEL_STACKS_MAP)?;
+        let counters = take(COUNTERS_MAP)?;
+        // The call-site map is only used inside the kernel.
+        let _ = CALL_SITES_MAP;
+        Ok(Self {
+            counts: PerCpuHashMap::try_from(counts).map_err(map_error(CHECK_COUNTS_MAP))?,
+            events: RingBuf::try_from(events).map_err(map_error(EVENTS_MAP))?,
+            stacks: StackTraceMap::try_from(stacks).map_err(map_error(KERNEL_STACKS_MAP))?,
+            counters: PerCpuArray::try_from(counters).map_err(map_error(COUNTERS_MAP))?,
+        })
+    }
+}
+
+impl CheckSource for KernelCollector {
+    fn collect(&mut self) -> Result<Collection, CollectError> {
+        // Drain events before reading counts: every event's key is then already in the counts.
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<CheckEvent>() {
+                // SAFETY: the program writes whole `CheckEvent`s; `read_unaligned` copes with any
+                // alignment of the ring-buffer slot.
+                events
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CheckEvent>()) });
+            }
+        }
+
+        let mut totals: HashMap<CheckKey, u64> = HashMap::new();
+        for entry in self.counts.iter() {
+            let (key, per_cpu) = entry.map_err(|source| CollectError::Map {
+                map: CHECK_COUNTS_MAP,
+                source,
+            })?;
+            *totals.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        let mut counts: Vec<(CheckKey, u64)> = totals.into_iter().collect();
+        counts.sort_unstable();
+
+        let mut counters = TracerCounters::default();
+        for counter in Counter::ALL {
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| CollectError::Map {
+                        map: COUNTERS_MAP,
+                        source,
+                    })?;
+            counters.set(counter, per_cpu.iter().sum());
+        }
+        Ok(Collection {
+            counts,
+            events,
+            counters,
+        })
+    }
+
+    fn kernel_stack(&mut self, stack_id: u32) -> Result<Vec<u64>, CollectError> {
+        let stack = self
+            .stacks
+            .get(&stack_id, 0)
+            .map_err(|source| CollectError::Map {
+                map: KERNEL_STACKS_MAP,
+                source,
+            })?;
+        Ok(stack.frames().iter().map(|frame| frame.ip).collect())
+    }
+}

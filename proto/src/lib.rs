@@ -1,0 +1,1 @@
+//! The `capprof.v1` gRPC API. Filled in by the API issue.
