@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod btf;
 pub mod capability;
+pub mod cgroup;
 pub mod checks;
 pub mod collector;
 pub mod kallsyms;

@@ -20,6 +20,8 @@ pub const PENDING_CHECKS_MAP: &str = "PENDING_CHECKS";
 
 /// Name of the `tp_btf` program on the `cap_capable` tracepoint.
 pub const TRACEPOINT_PROGRAM: &str = "cap_capable_tp";
+/// Name of a `tp_btf` program on the same tracepoint that does nothing: the benchmark's floor.
+pub const EMPTY_TRACEPOINT_PROGRAM: &str = "cap_capable_empty";
 /// Name of the `fexit` program on `cap_capable`.
 pub const FEXIT_PROGRAM: &str = "cap_capable_fexit";
 /// Name of the `kprobe` program on `cap_capable`.

@@ -85,6 +85,12 @@ pub fn cap_capable_tp(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Does nothing on the same tracepoint: the benchmark's floor for what any program there costs.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn cap_capable_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 /// `int cap_capable(const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts)`;
 /// an fexit program sees the arguments followed by the return value.
 #[fexit(function = "cap_capable")]
