@@ -1,0 +1,451 @@
+//! The tracer in the real kernel: exact caps, verdicts, counts, cgroups and stacks.
+//!
+//! Needs root, kernel BTF and at least one attach path. `CAPPROF_TEST_ATTACH` (auto, fentry,
+//! kprobe, tracepoint) picks the path, so the same tests run for every mode (see `xtask vm-test`).
+
+use std::collections::BTreeMap;
+
+use capprof::{
+    attach::{AttachMode, AttachRequest},
+    checks::{CheckRecord, CheckTable, Opts},
+    collector::{CheckSource, KernelCollector},
+    kallsyms::KernelSymbols,
+    loader::{LoadError, Tracer, TracerOptions},
+};
+use capprof_common::Verdict;
+use capprof_tests::{cgroups::TestCgroup, ci, trigger::Trigger};
+
+/// The attach path under test.
+fn requested_attach() -> AttachRequest {
+    match std::env::var("CAPPROF_TEST_ATTACH").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => AttachRequest::Auto,
+        Ok("fentry") => AttachRequest::Fentry,
+        Ok("kprobe") => AttachRequest::Kprobe,
+        Ok("tracepoint") => AttachRequest::Tracepoint,
+        Ok(other) => {
+            panic!("CAPPROF_TEST_ATTACH={other}: expected auto, fentry, kprobe or tracepoint")
+        }
+    }
+}
+
+/// A loaded tracer with its collector and table.
+struct Session {
+    tracer: Tracer,
+    collector: KernelCollector,
+    table: CheckTable,
+}
+
+impl Session {
+    /// Loads the tracer, or returns `None` after [`ci::skip_or_fail`] when this machine cannot.
+    fn start(options: TracerOptions) -> Option<Self> {
+        if !ci::require_root() {
+            return None;
+        }
+        let options = TracerOptions {
+            attach: requested_attach(),
+            ..options
+        };
+        let mut tracer = match Tracer::load(&options) {
+            Ok(tracer) => tracer,
+            Err(error @ (LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
+                ci::skip_or_fail(&format!("the kernel cannot run the tracer: {error}"));
+                return None;
+            }
+            Err(error) => panic!("loading the tracer failed: {error}"),
+        };
+        let collector = KernelCollector::new(&mut tracer).expect("tracer maps");
+        let symbols = KernelSymbols::load().expect("/proc/kallsyms");
+        Some(Self {
+            tracer,
+            collector,
+            table: CheckTable::new(symbols),
+        })
+    }
+
+    fn collect(&mut self) {
+        let collection = self.collector.collect().expect("collect");
+        self.table
+            .apply(collection, &mut self.collector)
+            .expect("apply");
+    }
+
+    /// The records of one cgroup, by (capability, verdict, syscall).
+    fn checks_in(&self, cgroup: &TestCgroup) -> BTreeMap<(String, Verdict, String), &CheckRecord> {
+        self.table
+            .records()
+            .filter(|record| record.cgroup_id() == cgroup.id())
+            .map(|record| {
+                (
+                    (
+                        record.capability_name(),
+                        record.verdict(),
+                        record.syscall_name(),
+                    ),
+                    record,
+                )
+            })
+            .collect()
+    }
+
+    /// (capability, verdict, syscall) → count for one cgroup.
+    fn counts_in(&self, cgroup: &TestCgroup) -> BTreeMap<(String, Verdict, String), u64> {
+        self.checks_in(cgroup)
+            .into_iter()
+            .map(|(key, record)| (key, record.count))
+            .collect()
+    }
+}
+
+fn expected(entries: &[(&str, Verdict, &str, u64)]) -> BTreeMap<(String, Verdict, String), u64> {
+    entries
+        .iter()
+        .map(|(cap, verdict, syscall, count)| {
+            (((*cap).to_owned(), *verdict, (*syscall).to_owned()), *count)
+        })
+        .collect()
+}
+
+const ALL_OPERATIONS: &[&str] = &["chown", "sethostname", "raw-icmp", "nice", "bind80"];
+
+#[test]
+fn granted_checks_are_counted_exactly_in_their_cgroup() {
+    let cgroup = TestCgroup::create("granted");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: ALL_OPERATIONS,
+        times: 5,
+        drop_caps: false,
+    }
+    .run_in(&cgroup);
+    session.collect();
+    use Verdict::Granted;
+    assert_eq!(
+        session.counts_in(&cgroup),
+        expected(&[
+            ("CAP_CHOWN", Granted, "fchownat", 5),
+            ("CAP_NET_BIND_SERVICE", Granted, "bind", 5),
+            ("CAP_NET_RAW", Granted, "socket", 5),
+            ("CAP_SYS_ADMIN", Granted, "sethostname", 5),
+            ("CAP_SYS_NICE", Granted, "setpriority", 5),
+        ])
+    );
+    let counters = session.table.counters();
+    assert_eq!(counters.checks_dropped, 0, "{counters:?}");
+}
+
+#[test]
+fn checks_are_denied_after_dropping_capabilities() {
+    let cgroup = TestCgroup::create("denied");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: ALL_OPERATIONS,
+        times: 3,
+        drop_caps: true,
+    }
+    .run_in(&cgroup);
+    session.collect();
+    use Verdict::Denied;
+    assert_eq!(
+        session.counts_in(&cgroup),
+        expected(&[
+            ("CAP_CHOWN", Denied, "fchownat", 3),
+            ("CAP_NET_BIND_SERVICE", Denied, "bind", 3),
+            ("CAP_NET_RAW", Denied, "socket", 3),
+            ("CAP_SYS_ADMIN", Denied, "sethostname", 3),
+            ("CAP_SYS_NICE", Denied, "setpriority", 3),
+        ])
+    );
+}
+
+#[test]
+fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
+    let (chowner, hostnamer) = (
+        TestCgroup::create("chowner"),
+        TestCgroup::create("hostnamer"),
+    );
+    let Some(mut session) = Session::start(TracerOptions::default()) else {
+        return;
+    };
+    Trigger {
+        operations: &["chown"],
+        times: 4,
+        drop_caps: false,
+    }
+    .run_in(&chowner);
+    Trigger {
+        operations: &["sethostname"],
+        times: 6,
+        drop_caps: false,
+    }
+    .run_in(&hostnamer);
+    session.collect();
+    use Verdict::Granted;
+    assert_eq!(
+        session.counts_in(&chowner),
+        expected(&[("CAP_CHOWN", Granted, "fchownat", 4)])
+    );
+    assert_eq!(
+        session.counts_in(&hostnamer),
+        expected(&[("CAP_SYS_ADMIN", Granted, "sethostname", 6)])
+    );
+}
+
+#[test]
+fn the_in_kernel_cgroup_filter_counts_nothing_else() {
+    let (watched, other) = (
+        TestCgroup::create("watched"),
+        TestCgroup::create("unwatched"),
+    );
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(watched.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: &["raw-icmp"],
+        times: 2,
+        drop_caps: false,
+    }
+    .run_in(&other);
+    Trigger {
+        operations: &["nice"],
+        times: 3,
+        drop_caps: false,
+    }
+    .run_in(&watched);
+    session.collect();
+    let cgroups: Vec<u64> = session
+        .table
+        .records()
+        .map(|record| record.cgroup_id())
+        .collect();
+    assert!(
+        cgroups.iter().all(|&id| id == watched.id()),
+        "only cgroup {} expected, saw {cgroups:?}",
+        watched.id()
+    );
+    assert_eq!(
+        session.counts_in(&watched),
+        expected(&[("CAP_SYS_NICE", Verdict::Granted, "setpriority", 3)])
+    );
+}
+
+#[test]
+fn stacks_name_the_kernel_functions_that_checked() {
+    let cgroup = TestCgroup::create("stacks");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let pid = Trigger {
+        operations: ALL_OPERATIONS,
+        times: 1,
+        drop_caps: false,
+    }
+    .run_in(&cgroup);
+    session.collect();
+    let checks = session.checks_in(&cgroup);
+    // A frame every kernel since 5.x has on each path; inlining may hide the others.
+    let expected_frames = [
+        ("CAP_CHOWN", "setattr_prepare"),
+        ("CAP_NET_BIND_SERVICE", "inet_bind"),
+        ("CAP_NET_RAW", "inet_create"),
+        ("CAP_SYS_ADMIN", "sys_sethostname"),
+        ("CAP_SYS_NICE", "can_nice"),
+    ];
+    for (cap, frame) in expected_frames {
+        let (_, record) = checks
+            .iter()
+            .find(|((name, _, _), _)| name == cap)
+            .unwrap_or_else(|| panic!("no {cap} check recorded: {checks:?}"));
+        let site = record
+            .call_sites
+            .first()
+            .unwrap_or_else(|| panic!("{cap}: no call site"));
+        assert!(
+            site.stack.iter().any(|f| f.contains(frame)),
+            "{cap}: expected a frame containing `{frame}` in {:?}",
+            site.stack
+        );
+        assert!(
+            site.stack
+                .iter()
+                .any(|f| f.starts_with("security_capable") || f.starts_with("cap_capable")),
+            "{cap}: {:?}",
+            site.stack
+        );
+        assert!(
+            !site.stack.first().is_some_and(|f| f.starts_with("bpf_")),
+            "{cap}: tracing frames must be trimmed: {:?}",
+            site.stack
+        );
+        assert_eq!(site.sighting.tgid, pid, "{cap}: made by the trigger");
+        assert_eq!(site.sighting.comm, "capprof-trigger");
+        assert_eq!(site.sighting.uid, 0);
+    }
+}
+
+#[test]
+fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
+    let cgroup = TestCgroup::create("mmap");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: &["mmap"],
+        times: 4,
+        drop_caps: false,
+    }
+    .run_in(&cgroup);
+    session.collect();
+    let checks = session.checks_in(&cgroup);
+    let key = (
+        "CAP_SYS_ADMIN".to_owned(),
+        Verdict::Granted,
+        "mmap".to_owned(),
+    );
+    let record = checks
+        .get(&key)
+        .unwrap_or_else(|| panic!("no overcommit check: {checks:?}"));
+    assert_eq!(record.count, 4);
+    assert!(
+        record.call_sites[0]
+            .stack
+            .iter()
+            .any(|frame| frame.contains("vm_enough_memory")),
+        "{:?}",
+        record.call_sites[0].stack
+    );
+    let mode = session.tracer.attach_choice().mode;
+    if mode.observes_opts() {
+        assert_eq!(
+            record.opts(),
+            Opts::Observed {
+                noaudit: true,
+                insetid: false
+            },
+            "mode {mode}"
+        );
+    } else {
+        assert_eq!(record.opts(), Opts::Unknown, "mode {mode}");
+    }
+}
+
+#[test]
+fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
+    let cgroups: Vec<TestCgroup> = (0..80).map(|_| TestCgroup::create("flood")).collect();
+    let Some(mut session) = Session::start(TracerOptions {
+        events_bytes: 4096,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    for cgroup in &cgroups {
+        Trigger {
+            operations: &["chown"],
+            times: 3,
+            drop_caps: false,
+        }
+        .run_in(cgroup);
+    }
+    // One read at the end: the 4 KiB ring buffer holds about 46 events, and 80 are due.
+    session.collect();
+    let counters = session.table.counters();
+    assert!(
+        counters.events_lost > 0,
+        "the ring buffer should have overflowed: {counters:?}"
+    );
+    assert_eq!(counters.checks_dropped, 0);
+    let mut without_details = 0;
+    for cgroup in &cgroups {
+        let checks = session.checks_in(cgroup);
+        let key = (
+            "CAP_CHOWN".to_owned(),
+            Verdict::Granted,
+            "fchownat".to_owned(),
+        );
+        let record = checks
+            .get(&key)
+            .unwrap_or_else(|| panic!("cgroup {}: {checks:?}", cgroup.id()));
+        assert_eq!(record.count, 3, "cgroup {}", cgroup.id());
+        if record.call_sites.is_empty() {
+            without_details += 1;
+        }
+    }
+    assert!(
+        without_details > 0,
+        "some first sightings must have been lost"
+    );
+}
+
+#[test]
+fn the_chosen_attach_path_follows_the_ladder() {
+    let Some(session) = Session::start(TracerOptions::default()) else {
+        return;
+    };
+    let choice = session.tracer.attach_choice();
+    let candidates = requested_attach().candidates();
+    let position = candidates
+        .iter()
+        .position(|&mode| mode == choice.mode)
+        .expect("chosen mode is a candidate");
+    let skipped: Vec<AttachMode> = choice.skipped.iter().map(|skip| skip.mode).collect();
+    assert_eq!(
+        skipped,
+        candidates[..position],
+        "every stronger path was tried first: {}",
+        choice.explain()
+    );
+    assert!(choice.skipped.iter().all(|skip| !skip.reason.is_empty()));
+}
+
+#[test]
+fn a_forced_mode_the_kernel_lacks_names_the_missing_feature() {
+    if !ci::require_root() {
+        return;
+    }
+    let mut unavailable = 0;
+    for mode in AttachMode::LADDER {
+        let request = match mode {
+            AttachMode::Fentry => AttachRequest::Fentry,
+            AttachMode::Kprobe => AttachRequest::Kprobe,
+            AttachMode::Tracepoint => AttachRequest::Tracepoint,
+        };
+        match Tracer::load(&TracerOptions {
+            attach: request,
+            ..Default::default()
+        }) {
+            Ok(tracer) => assert_eq!(tracer.attach_choice().mode, mode),
+            Err(error @ LoadError::NoAttachPath { .. }) => {
+                unavailable += 1;
+                let message = error.to_string();
+                assert!(
+                    message.contains(&format!("--attach {mode} cannot be used")),
+                    "{message}"
+                );
+                assert!(message.contains(mode.requirement()), "{message}");
+            }
+            Err(other) => panic!("{mode}: unexpected error {other}"),
+        }
+    }
+    assert!(
+        unavailable < AttachMode::LADDER.len(),
+        "at least one mode must load"
+    );
+}
