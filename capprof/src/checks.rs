@@ -233,6 +233,11 @@ impl CheckTable {
         self.records.values()
     }
 
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&mut self, record: CheckRecord) {
+        self.records.insert(record.key, record);
+    }
+
     /// The program's counters as of the last collection.
     pub fn counters(&self) -> TracerCounters {
         self.counters

@@ -13,6 +13,8 @@ pub mod kallsyms;
 pub mod kernel_layout;
 pub mod loader;
 pub mod privileges;
+pub mod trace;
+pub mod trace_output;
 
 #[cfg(test)]
 pub(crate) mod test_support {

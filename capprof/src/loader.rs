@@ -11,7 +11,7 @@ use capprof_common::{
     EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION, KPROBE_PROGRAM, KRETPROBE_PROGRAM,
     TRACEPOINT_PROGRAM, globals,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     attach::{AttachChoice, AttachMode, AttachRequest, KernelHooks, SkippedMode},
@@ -202,7 +202,7 @@ impl Tracer {
                 }
                 Err(error) => {
                     let reason = describe_program_error(&error);
-                    warn!(%mode, %reason, "attach path unavailable");
+                    debug!(%mode, %reason, "attach path unavailable");
                     skipped.push(SkippedMode { mode, reason });
                 }
             }

@@ -8,12 +8,15 @@ use std::collections::BTreeMap;
 use capprof::{
     attach::{AttachMode, AttachRequest},
     checks::{CheckRecord, CheckTable, Opts},
-    collector::{CheckSource, KernelCollector},
-    kallsyms::KernelSymbols,
     loader::{LoadError, Tracer, TracerOptions},
+    trace::{TraceError, TraceSession},
 };
 use capprof_common::Verdict;
-use capprof_tests::{cgroups::TestCgroup, ci, trigger::Trigger};
+use capprof_tests::{
+    cgroups::{self, TestCgroup},
+    ci,
+    trigger::Trigger,
+};
 
 /// The attach path under test.
 fn requested_attach() -> AttachRequest {
@@ -28,15 +31,13 @@ fn requested_attach() -> AttachRequest {
     }
 }
 
-/// A loaded tracer with its collector and table.
+/// A tracing session for one test.
 struct Session {
-    tracer: Tracer,
-    collector: KernelCollector,
-    table: CheckTable,
+    trace: TraceSession,
 }
 
 impl Session {
-    /// Loads the tracer, or returns `None` after [`ci::skip_or_fail`] when this machine cannot.
+    /// Starts tracing, or returns `None` after [`ci::skip_or_fail`] when this machine cannot.
     fn start(options: TracerOptions) -> Option<Self> {
         if !ci::require_root() {
             return None;
@@ -45,33 +46,27 @@ impl Session {
             attach: requested_attach(),
             ..options
         };
-        let mut tracer = match Tracer::load(&options) {
-            Ok(tracer) => tracer,
-            Err(error @ (LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
+        match TraceSession::start(&options) {
+            Ok(trace) => Some(Self { trace }),
+            Err(error @ TraceError::Load(LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
                 ci::skip_or_fail(&format!("the kernel cannot run the tracer: {error}"));
-                return None;
+                None
             }
-            Err(error) => panic!("loading the tracer failed: {error}"),
-        };
-        let collector = KernelCollector::new(&mut tracer).expect("tracer maps");
-        let symbols = KernelSymbols::load().expect("/proc/kallsyms");
-        Some(Self {
-            tracer,
-            collector,
-            table: CheckTable::new(symbols),
-        })
+            Err(error) => panic!("starting the tracer failed: {error}"),
+        }
     }
 
     fn collect(&mut self) {
-        let collection = self.collector.collect().expect("collect");
-        self.table
-            .apply(collection, &mut self.collector)
-            .expect("apply");
+        self.trace.poll().expect("poll the tracer");
+    }
+
+    fn table(&self) -> &CheckTable {
+        self.trace.table()
     }
 
     /// The records of one cgroup, by (capability, verdict, syscall).
     fn checks_in(&self, cgroup: &TestCgroup) -> BTreeMap<(String, Verdict, String), &CheckRecord> {
-        self.table
+        self.table()
             .records()
             .filter(|record| record.cgroup_id() == cgroup.id())
             .map(|record| {
@@ -109,7 +104,7 @@ const ALL_OPERATIONS: &[&str] = &["chown", "sethostname", "raw-icmp", "nice", "b
 
 #[test]
 fn granted_checks_are_counted_exactly_in_their_cgroup() {
-    let cgroup = TestCgroup::create("granted");
+    let cgroup = cgroups::create("granted");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -134,13 +129,13 @@ fn granted_checks_are_counted_exactly_in_their_cgroup() {
             ("CAP_SYS_NICE", Granted, "setpriority", 5),
         ])
     );
-    let counters = session.table.counters();
+    let counters = session.table().counters();
     assert_eq!(counters.checks_dropped, 0, "{counters:?}");
 }
 
 #[test]
 fn checks_are_denied_after_dropping_capabilities() {
-    let cgroup = TestCgroup::create("denied");
+    let cgroup = cgroups::create("denied");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -169,10 +164,7 @@ fn checks_are_denied_after_dropping_capabilities() {
 
 #[test]
 fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
-    let (chowner, hostnamer) = (
-        TestCgroup::create("chowner"),
-        TestCgroup::create("hostnamer"),
-    );
+    let (chowner, hostnamer) = (cgroups::create("chowner"), cgroups::create("hostnamer"));
     let Some(mut session) = Session::start(TracerOptions::default()) else {
         return;
     };
@@ -202,10 +194,7 @@ fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
 
 #[test]
 fn the_in_kernel_cgroup_filter_counts_nothing_else() {
-    let (watched, other) = (
-        TestCgroup::create("watched"),
-        TestCgroup::create("unwatched"),
-    );
+    let (watched, other) = (cgroups::create("watched"), cgroups::create("unwatched"));
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(watched.id()),
         ..Default::default()
@@ -226,7 +215,7 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
     .run_in(&watched);
     session.collect();
     let cgroups: Vec<u64> = session
-        .table
+        .table()
         .records()
         .map(|record| record.cgroup_id())
         .collect();
@@ -243,7 +232,7 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
 
 #[test]
 fn stacks_name_the_kernel_functions_that_checked() {
-    let cgroup = TestCgroup::create("stacks");
+    let cgroup = cgroups::create("stacks");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -300,7 +289,7 @@ fn stacks_name_the_kernel_functions_that_checked() {
 
 #[test]
 fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
-    let cgroup = TestCgroup::create("mmap");
+    let cgroup = cgroups::create("mmap");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -332,7 +321,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
         "{:?}",
         record.call_sites[0].stack
     );
-    let mode = session.tracer.attach_choice().mode;
+    let mode = session.trace.attach_choice().mode;
     if mode.observes_opts() {
         assert_eq!(
             record.opts(),
@@ -349,7 +338,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
 
 #[test]
 fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
-    let cgroups: Vec<TestCgroup> = (0..80).map(|_| TestCgroup::create("flood")).collect();
+    let cgroups: Vec<TestCgroup> = (0..80).map(|_| cgroups::create("flood")).collect();
     let Some(mut session) = Session::start(TracerOptions {
         events_bytes: 4096,
         ..Default::default()
@@ -366,7 +355,7 @@ fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
     }
     // One read at the end: the 4 KiB ring buffer holds about 46 events, and 80 are due.
     session.collect();
-    let counters = session.table.counters();
+    let counters = session.table().counters();
     assert!(
         counters.events_lost > 0,
         "the ring buffer should have overflowed: {counters:?}"
@@ -399,7 +388,7 @@ fn the_chosen_attach_path_follows_the_ladder() {
     let Some(session) = Session::start(TracerOptions::default()) else {
         return;
     };
-    let choice = session.tracer.attach_choice();
+    let choice = session.trace.attach_choice();
     let candidates = requested_attach().candidates();
     let position = candidates
         .iter()
