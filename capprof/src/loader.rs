@@ -162,6 +162,7 @@ impl Tracer {
                 true,
             )
             .override_global(globals::TASK_FLAGS_OFFSET, &layout.task_flags_offset, true)
+            .override_global(globals::TASK_COMM_OFFSET, &layout.task_comm_offset, true)
             .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid_offset, true)
             .override_global(
                 globals::PT_REGS_SYSCALL_NR_OFFSET,

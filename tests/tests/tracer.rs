@@ -115,6 +115,7 @@ fn granted_checks_are_counted_exactly_in_their_cgroup() {
         operations: ALL_OPERATIONS,
         times: 5,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -146,6 +147,7 @@ fn checks_are_denied_after_dropping_capabilities() {
         operations: ALL_OPERATIONS,
         times: 3,
         drop_caps: true,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -172,12 +174,14 @@ fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
         operations: &["chown"],
         times: 4,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&chowner);
     Trigger {
         operations: &["sethostname"],
         times: 6,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&hostnamer);
     session.collect();
@@ -205,12 +209,14 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
         operations: &["raw-icmp"],
         times: 2,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&other);
     Trigger {
         operations: &["nice"],
         times: 3,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&watched);
     session.collect();
@@ -243,6 +249,7 @@ fn stacks_name_the_kernel_functions_that_checked() {
         operations: ALL_OPERATIONS,
         times: 1,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -300,6 +307,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
         operations: &["mmap"],
         times: 4,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -350,6 +358,7 @@ fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
             operations: &["chown"],
             times: 3,
             drop_caps: false,
+            comm: None,
         }
         .run_in(cgroup);
     }
@@ -437,4 +446,42 @@ fn a_forced_mode_the_kernel_lacks_names_the_missing_feature() {
         unavailable < AttachMode::LADDER.len(),
         "at least one mode must load"
     );
+}
+
+#[test]
+fn checks_made_by_a_runtime_init_are_flagged() {
+    let cgroup = cgroups::create("runtime-init");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: &["chown"],
+        times: 2,
+        drop_caps: false,
+        comm: Some("runc:[2:INIT]"),
+    }
+    .run_in(&cgroup);
+    Trigger {
+        operations: &["chown"],
+        times: 3,
+        drop_caps: false,
+        comm: Some("runcible"),
+    }
+    .run_in(&cgroup);
+    session.collect();
+    let chowns: Vec<(bool, u64)> = session
+        .table()
+        .records()
+        .filter(|record| record.cgroup_id() == cgroup.id())
+        .map(|record| (record.runtime_init(), record.count))
+        .collect();
+    assert_eq!(chowns.len(), 2, "{chowns:?}");
+    assert!(
+        chowns.contains(&(true, 2)),
+        "runc:[2:INIT] is the runtime: {chowns:?}"
+    );
+    assert!(chowns.contains(&(false, 3)), "runcible is not: {chowns:?}");
 }
