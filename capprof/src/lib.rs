@@ -13,6 +13,8 @@ pub mod kallsyms;
 pub mod kernel_layout;
 pub mod loader;
 pub mod privileges;
+pub mod profile;
+pub mod store;
 pub mod trace;
 pub mod trace_output;
 

@@ -5,11 +5,15 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
+    maps::{Map, MapData},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError, links::FdLink},
 };
+use std::path::{Path, PathBuf};
+
 use capprof_common::{
-    EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION, KPROBE_PROGRAM, KRETPROBE_PROGRAM,
-    TRACEPOINT_PROGRAM, globals,
+    CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION,
+    KERNEL_STACKS_MAP, KPROBE_PROGRAM, KRETPROBE_PROGRAM, PENDING_CHECKS_MAP, TRACEPOINT_PROGRAM,
+    globals,
 };
 use tracing::{debug, info};
 
@@ -67,6 +71,10 @@ pub enum LoadError {
         requested: AttachRequest,
         attempts: Vec<SkippedMode>,
     },
+    #[error(
+        "cannot keep the tracer pinned at {path}: {message} (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)"
+    )]
+    Pin { path: PathBuf, message: String },
     #[error("the event ring buffer size {0} is not a power of two of at least 4096 bytes")]
     BadRingBufferSize(u32),
 }
@@ -108,8 +116,17 @@ fn forced_name(request: AttachRequest) -> &'static str {
 }
 
 /// capprof's eBPF program, loaded and attached.
+///
+/// Either loaded by this process ([`Tracer::load`]), or found pinned in bpffs where an earlier
+/// daemon left it running ([`Tracer::load_pinned`]). Dropping it detaches the program unless its
+/// links are pinned.
 pub struct Tracer {
-    ebpf: Ebpf,
+    /// The object, when this process loaded it.
+    ebpf: Option<Ebpf>,
+    /// Links not pinned: they keep the program attached while this process lives.
+    links: Vec<NamedLink>,
+    /// Maps opened from bpffs pins, when resumed.
+    pinned_maps: Vec<(&'static str, MapData)>,
     choice: AttachChoice,
     layout: KernelLayout,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -191,11 +208,13 @@ impl Tracer {
                 continue;
             }
             match attach(&mut ebpf, &aya_btf, mode) {
-                Ok(()) => {
+                Ok(links) => {
                     let choice = AttachChoice { mode, skipped };
                     info!(mode = %choice.mode, "tracing cap_capable with {}", choice.explain());
                     return Ok(Self {
-                        ebpf,
+                        ebpf: Some(ebpf),
+                        links,
+                        pinned_maps: Vec::new(),
                         choice,
                         layout,
                         logger,
@@ -224,9 +243,116 @@ impl Tracer {
         self.layout
     }
 
-    /// The loaded object, for the collector to take its maps from.
-    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Hands a map to the collector; each map can be taken once.
+    pub(crate) fn take_map(&mut self, name: &str) -> Option<Map> {
+        if let Some(ebpf) = &mut self.ebpf {
+            return ebpf.take_map(name);
+        }
+        let index = self
+            .pinned_maps
+            .iter()
+            .position(|(pinned, _)| *pinned == name)?;
+        let (name, data) = self.pinned_maps.swap_remove(index);
+        Some(match name {
+            CHECK_COUNTS_MAP => Map::PerCpuHashMap(data),
+            EVENTS_MAP => Map::RingBuf(data),
+            KERNEL_STACKS_MAP => Map::StackTraceMap(data),
+            COUNTERS_MAP => Map::PerCpuArray(data),
+            _ => Map::HashMap(data),
+        })
+    }
+
+    /// Whether this tracer was found running in bpffs rather than loaded now.
+    pub fn is_resumed(&self) -> bool {
+        self.ebpf.is_none()
+    }
+
+    /// Loads the tracer host-wide and pins its maps and links under `pin_root`, or resumes the
+    /// one an earlier process pinned there, so that checks made while no process reads the maps
+    /// are still counted. Only the same eBPF object (and ring-buffer size) is resumed: pins of
+    /// other builds are removed.
+    pub fn load_pinned(options: &TracerOptions, pin_root: &Path) -> Result<Self, LoadError> {
+        if options.cgroup_id.is_some() {
+            return Err(LoadError::Pin {
+                path: pin_root.to_owned(),
+                message: "a pinned tracer always traces every cgroup".to_owned(),
+            });
+        }
+        let pin_error = |path: &Path, error: &dyn std::fmt::Display| LoadError::Pin {
+            path: path.to_owned(),
+            message: error.to_string(),
+        };
+        let fingerprint = format!("{:016x}", object_fingerprint(options.events_bytes));
+        let pin_dir = pin_root.join(&fingerprint);
+        std::fs::create_dir_all(pin_root).map_err(|error| pin_error(pin_root, &error))?;
+        remove_stale_pins(pin_root, &fingerprint);
+
+        if let Some(mode) = pinned_mode(&pin_dir) {
+            let mut pinned_maps = Vec::new();
+            for name in PINNED_MAPS {
+                let path = pin_dir.join(name);
+                let data = MapData::from_pin(&path).map_err(|error| pin_error(&path, &error))?;
+                pinned_maps.push((name, data));
+            }
+            let btf = Btf::from_kernel()?;
+            let layout = KernelLayout::from_btf(&btf)?;
+            info!(%mode, dir = %pin_dir.display(), "resuming the tracer left pinned by an earlier daemon");
+            return Ok(Self {
+                ebpf: None,
+                links: Vec::new(),
+                pinned_maps,
+                choice: AttachChoice {
+                    mode,
+                    skipped: Vec::new(),
+                },
+                layout,
+                logger: None,
+            });
+        }
+
+        // Half-written pins from an interrupted start: start over.
+        let _ = remove_pin_dir(&pin_dir);
+        std::fs::create_dir_all(&pin_dir).map_err(|error| pin_error(&pin_dir, &error))?;
+        let mut tracer = Self::load(options)?;
+        let ebpf = tracer.ebpf.as_mut().expect("freshly loaded");
+        for name in PINNED_MAPS {
+            let path = pin_dir.join(name);
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| pin_error(&path, &"missing from the object"))?;
+            map.pin(&path).map_err(|error| pin_error(&path, &error))?;
+        }
+        let mut unpinned = Vec::new();
+        for (name, link) in tracer.links.drain(..) {
+            match link {
+                AttachedLink::Fd(link) => {
+                    let path = pin_dir.join(name);
+                    link.pin(&path).map_err(|error| pin_error(&path, &error))?;
+                }
+                perf @ AttachedLink::PerfEvent(_) => {
+                    tracing::warn!(
+                        "this kernel attaches kprobes through perf events, which cannot be pinned:                          checks made while the daemon is down will not be counted"
+                    );
+                    unpinned.push((name, perf));
+                }
+            }
+        }
+        tracer.links = unpinned;
+        Ok(tracer)
+    }
+
+    /// Detaches a pinned tracer by removing its pins (all builds' pins under `pin_root`).
+    pub fn unpin_all(pin_root: &Path) -> std::io::Result<()> {
+        match std::fs::read_dir(pin_root) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    remove_pin_dir(&entry.path())?;
+                }
+                std::fs::remove_dir(pin_root)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Forwards the program's diagnostics (aya-log) to `tracing`.
@@ -237,20 +363,106 @@ impl Tracer {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, mode: AttachMode) -> Result<(), ProgramError> {
+/// The maps a pinned tracer keeps in bpffs, by their names in the object.
+const PINNED_MAPS: [&str; 6] = [
+    CHECK_COUNTS_MAP,
+    CALL_SITES_MAP,
+    KERNEL_STACKS_MAP,
+    EVENTS_MAP,
+    COUNTERS_MAP,
+    PENDING_CHECKS_MAP,
+];
+
+/// A stable hash (FNV-1a) of what must match for pinned state to be reused.
+fn object_fingerprint(events_bytes: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in PROGRAM_OBJECT.iter().chain(&events_bytes.to_le_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The attach mode of a pinned tracer, read from its link pins' names.
+fn pinned_mode(pin_dir: &Path) -> Option<AttachMode> {
+    let has = |name: &str| pin_dir.join(name).exists();
+    if has("link-fentry") {
+        Some(AttachMode::Fentry)
+    } else if has("link-kprobe-entry") && has("link-kprobe-return") {
+        Some(AttachMode::Kprobe)
+    } else if has("link-tracepoint") {
+        Some(AttachMode::Tracepoint)
+    } else {
+        None
+    }
+}
+
+fn remove_stale_pins(pin_root: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(pin_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() != current {
+            tracing::warn!(dir = %entry.path().display(), "removing the pins of another capprof build");
+            let _ = remove_pin_dir(&entry.path());
+        }
+    }
+}
+
+/// Removes a directory of pins: bpffs files are unlinked one by one.
+fn remove_pin_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())?;
+            }
+            std::fs::remove_dir(dir)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// An attached program's link, named for its pin file.
+type NamedLink = (&'static str, AttachedLink);
+
+/// A link that keeps a program attached while it lives.
+#[derive(Debug)]
+enum AttachedLink {
+    /// A BPF link: can be pinned to outlive the process.
+    Fd(FdLink),
+    /// A kprobe attached through a perf event (kernels before 5.15): dies with the process.
+    PerfEvent(
+        #[allow(dead_code, reason = "held only to keep the kprobe attached")]
+        aya::programs::kprobe::KProbeLink,
+    ),
+}
+
+/// Attaches `mode`'s programs and hands their links over, so that they can be pinned.
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    mode: AttachMode,
+) -> Result<Vec<NamedLink>, ProgramError> {
     match mode {
         AttachMode::Fentry => {
             let program: &mut FExit = program(ebpf, FEXIT_PROGRAM)?.try_into()?;
             program.load(HOOKED_FUNCTION, btf)?;
-            if let Err(error) = program.attach() {
-                let _ = program.unload();
-                return Err(error);
+            match program.attach().and_then(|id| program.take_link(id)) {
+                Ok(link) => Ok(vec![("link-fentry", AttachedLink::Fd(FdLink::from(link)))]),
+                Err(error) => {
+                    let _ = program.unload();
+                    Err(error)
+                }
             }
         }
         AttachMode::Kprobe => {
             // The return probe goes first so that no entry is ever stashed without a reader.
-            let attached = attach_kprobe(ebpf, KRETPROBE_PROGRAM)
-                .and_then(|()| attach_kprobe(ebpf, KPROBE_PROGRAM));
+            let attached =
+                attach_kprobe(ebpf, KRETPROBE_PROGRAM, "link-kprobe-return").and_then(|ret| {
+                    attach_kprobe(ebpf, KPROBE_PROGRAM, "link-kprobe-entry")
+                        .map(|entry| vec![ret, entry])
+                });
             if attached.is_err() {
                 for name in [KPROBE_PROGRAM, KRETPROBE_PROGRAM] {
                     if let Ok(probe) = program(ebpf, name).and_then(<&mut KProbe>::try_from) {
@@ -258,18 +470,23 @@ fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, mode: AttachMode) -> Result<(), Progr
                     }
                 }
             }
-            attached?;
+            attached
         }
         AttachMode::Tracepoint => {
             let program: &mut BtfTracePoint = program(ebpf, TRACEPOINT_PROGRAM)?.try_into()?;
             program.load(HOOKED_FUNCTION, btf)?;
-            if let Err(error) = program.attach() {
-                let _ = program.unload();
-                return Err(error);
+            match program.attach().and_then(|id| program.take_link(id)) {
+                Ok(link) => Ok(vec![(
+                    "link-tracepoint",
+                    AttachedLink::Fd(FdLink::from(link)),
+                )]),
+                Err(error) => {
+                    let _ = program.unload();
+                    Err(error)
+                }
             }
         }
     }
-    Ok(())
 }
 
 fn program<'a>(
@@ -280,11 +497,26 @@ fn program<'a>(
         .ok_or(ProgramError::UnexpectedProgramType)
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, name: &str) -> Result<(), ProgramError> {
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    name: &str,
+    link_name: &'static str,
+) -> Result<NamedLink, ProgramError> {
     let probe: &mut KProbe = program(ebpf, name)?.try_into()?;
     probe.load()?;
-    probe.attach(HOOKED_FUNCTION, 0)?;
-    Ok(())
+    let link = probe
+        .attach(HOOKED_FUNCTION, 0)
+        .and_then(|id| probe.take_link(id))?;
+    let link = if aya::features().bpf_perf_link() {
+        // With perf links (Linux 5.15+) the kprobe's link is a BPF link like the others.
+        AttachedLink::Fd(
+            FdLink::try_from(link)
+                .map_err(|error| ProgramError::IOError(std::io::Error::other(error)))?,
+        )
+    } else {
+        AttachedLink::PerfEvent(link)
+    };
+    Ok((link_name, link))
 }
 
 /// A short reason for a failed load or attach; the verifier log only when the verifier spoke.
