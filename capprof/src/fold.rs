@@ -65,6 +65,13 @@ impl Clock {
     }
 }
 
+/// What one poll folded: the batch to store, and what to remember once it is stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fold {
+    pub batch: Batch,
+    folded_sites: Vec<(CheckKey, Vec<String>)>,
+}
+
 /// Remembers what was folded already.
 #[derive(Debug, Default)]
 pub struct Folder {
@@ -106,16 +113,36 @@ impl Folder {
         folder
     }
 
-    /// What one poll adds: deltas for every key that changed and could be attributed.
-    pub fn fold(&mut self, table: &CheckTable, owners: &mut dyn Attributor, clock: Clock) -> Batch {
+    /// Remembers a fold as stored.
+    pub fn commit(&mut self, fold: &Fold) {
+        for (key, site) in &fold.batch.kernel_call_sites {
+            self.recorded_sites.insert((*key, site.stack.clone()));
+        }
+        for (key, count) in &fold.batch.attributed {
+            self.unfolded_sites.remove(key);
+            self.attributed.insert(*key, *count);
+        }
+        self.folded_sites.extend(fold.folded_sites.iter().cloned());
+    }
+
+    /// How many kernel keys have been attributed at least once.
+    pub fn attributed_keys(&self) -> usize {
+        self.attributed.len()
+    }
+
+    /// What one poll adds: deltas for every key that changed and could be attributed. Nothing is
+    /// remembered until [`Folder::commit`] confirms the batch was stored, so a failed write is
+    /// retried whole by the next poll.
+    pub fn fold(&self, table: &CheckTable, owners: &mut dyn Attributor, clock: Clock) -> Fold {
         let mut batch = Batch::default();
+        let mut folded_sites = Vec::new();
         let mut owners_seen: HashMap<u64, Owner> = HashMap::new();
         for record in table.records() {
             let key = record.key;
             let mut sites = call_sites(record, clock);
             sites.extend(self.unfolded_sites.get(&key).cloned().unwrap_or_default());
             for site in &sites {
-                if self.recorded_sites.insert((key, site.stack.clone())) {
+                if !self.recorded_sites.contains(&(key, site.stack.clone())) {
                     batch.kernel_call_sites.push((key, site.clone()));
                 }
             }
@@ -177,11 +204,7 @@ impl Folder {
                     call_sites: new_sites.clone(),
                 });
             }
-            for site in new_sites {
-                self.folded_sites.insert((key, site.stack));
-            }
-            self.unfolded_sites.remove(&key);
-            self.attributed.insert(key, record.count);
+            folded_sites.extend(new_sites.iter().map(|site| (key, site.stack.clone())));
             batch.attributed.push((key, record.count));
         }
         batch.memberships.sort();
@@ -190,7 +213,10 @@ impl Folder {
         batch.cgroups.dedup_by_key(|(cgroup, _, _)| *cgroup);
         batch.containers.sort_by(|a, b| a.id.cmp(&b.id));
         batch.containers.dedup_by(|a, b| a.id == b.id);
-        batch
+        Fold {
+            batch,
+            folded_sites,
+        }
     }
 }
 
@@ -303,14 +329,35 @@ mod tests {
         boot_now_ns: 3_000_000_000,
     };
 
+    fn fold_and_commit(folder: &mut Folder, table: &CheckTable, owners: &mut FakeOwners) -> Batch {
+        let fold = folder.fold(table, owners, CLOCK);
+        folder.commit(&fold);
+        fold.batch
+    }
+
+    #[test]
+    fn an_uncommitted_fold_is_repeated_whole() {
+        let mut folder = Folder::default();
+        let mut owners = FakeOwners(HashMap::from([(7, Owner::Host)]));
+        let checks = table(vec![record(7, 5, &["chown_common"])]);
+        let lost = folder.fold(&checks, &mut owners, CLOCK);
+        let retried = folder.fold(&checks, &mut owners, CLOCK);
+        assert_eq!(
+            lost, retried,
+            "the store write failed: nothing was remembered"
+        );
+        folder.commit(&retried);
+        assert!(folder.fold(&checks, &mut owners, CLOCK).batch.is_empty());
+    }
+
     #[test]
     fn deltas_go_to_container_service_and_image() {
         let mut folder = Folder::default();
         let mut owners = FakeOwners(HashMap::from([(7, Owner::Container(web("c1")))]));
-        let batch = folder.fold(
+        let batch = fold_and_commit(
+            &mut folder,
             &table(vec![record(7, 5, &["chown_common"])]),
             &mut owners,
-            CLOCK,
         );
         let subjects: Vec<&Subject> = batch.entries.iter().map(|entry| &entry.subject).collect();
         assert_eq!(
@@ -338,10 +385,10 @@ mod tests {
         );
         assert_eq!(batch.attributed, vec![(record(7, 0, &[]).key, 5)]);
 
-        let batch = folder.fold(
+        let batch = fold_and_commit(
+            &mut folder,
             &table(vec![record(7, 8, &["chown_common"])]),
             &mut owners,
-            CLOCK,
         );
         assert!(
             batch
@@ -349,10 +396,10 @@ mod tests {
                 .iter()
                 .all(|entry| entry.delta == 3 && entry.call_sites.is_empty())
         );
-        let unchanged = folder.fold(
+        let unchanged = fold_and_commit(
+            &mut folder,
             &table(vec![record(7, 8, &["chown_common"])]),
             &mut owners,
-            CLOCK,
         );
         assert!(unchanged.is_empty(), "{unchanged:?}");
     }
@@ -361,7 +408,7 @@ mod tests {
     fn pending_cgroups_are_folded_once_known_with_nothing_lost() {
         let mut folder = Folder::default();
         let mut owners = FakeOwners(HashMap::new());
-        let batch = folder.fold(&table(vec![record(9, 4, &["a"])]), &mut owners, CLOCK);
+        let batch = fold_and_commit(&mut folder, &table(vec![record(9, 4, &["a"])]), &mut owners);
         assert!(batch.entries.is_empty() && batch.attributed.is_empty());
         assert_eq!(
             batch.kernel_call_sites.len(),
@@ -369,7 +416,7 @@ mod tests {
             "the kernel's report is kept even while pending"
         );
         owners.0.insert(9, Owner::Host);
-        let batch = folder.fold(&table(vec![record(9, 6, &["a"])]), &mut owners, CLOCK);
+        let batch = fold_and_commit(&mut folder, &table(vec![record(9, 6, &["a"])]), &mut owners);
         assert_eq!(batch.entries.len(), 1);
         assert_eq!(batch.entries[0].subject, Subject::Host);
         assert_eq!(batch.entries[0].delta, 6);
@@ -393,10 +440,10 @@ mod tests {
         };
         let mut folder = Folder::resume(HashMap::from([(key, 10)]), &[(key, stored_site)]);
         let mut owners = FakeOwners(HashMap::from([(7, Owner::Container(web("c1")))]));
-        let batch = folder.fold(
+        let batch = fold_and_commit(
+            &mut folder,
             &table(vec![record(7, 15, &["chown_common"])]),
             &mut owners,
-            CLOCK,
         );
         assert!(
             batch
@@ -424,7 +471,7 @@ mod tests {
         let mut folder = Folder::resume(HashMap::new(), &[(key, stored_site.clone())]);
         let mut owners = FakeOwners(HashMap::from([(9, Owner::Host)]));
         // The resumed tracer's table has the count but no call site: the kernel reported it before.
-        let batch = folder.fold(&table(vec![record(9, 3, &[])]), &mut owners, CLOCK);
+        let batch = fold_and_commit(&mut folder, &table(vec![record(9, 3, &[])]), &mut owners);
         assert_eq!(batch.entries.len(), 1);
         assert_eq!(batch.entries[0].delta, 3);
         assert_eq!(batch.entries[0].call_sites, vec![stored_site]);

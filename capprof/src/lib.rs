@@ -4,11 +4,13 @@
 //! shells over it.
 
 pub mod attach;
+pub mod bpffs;
 pub mod btf;
 pub mod capability;
 pub mod cgroup;
 pub mod checks;
 pub mod collector;
+pub mod daemon;
 pub mod fold;
 pub mod kallsyms;
 pub mod kernel_layout;

@@ -20,7 +20,7 @@ use capprof_common::CheckKey;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::profile::{
-    EntryCallSite, EntryKey, EntryVerdict, Example, Profile, ProfileEntry, Subject, SubjectInfo,
+    EntryCallSite, EntryKey, EntryVerdict, Profile, ProfileEntry, Subject, SubjectInfo,
 };
 
 /// The database file inside the state directory.
@@ -666,6 +666,7 @@ fn decode_site(stack: &str, example: &str) -> Result<EntryCallSite, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Example;
 
     fn site(comm: &str, at: i64) -> EntryCallSite {
         EntryCallSite {

@@ -33,7 +33,11 @@ pub struct TraceSession {
 impl TraceSession {
     /// Loads and attaches the tracer.
     pub fn start(options: &TracerOptions) -> Result<Self, TraceError> {
-        let mut tracer = Tracer::load(options)?;
+        Self::with_tracer(Tracer::load(options)?)
+    }
+
+    /// Reads an already loaded (or resumed) tracer.
+    pub fn with_tracer(mut tracer: Tracer) -> Result<Self, TraceError> {
         let collector = KernelCollector::new(&mut tracer)?;
         let table = CheckTable::new(KernelSymbols::load()?);
         Ok(Self {
@@ -41,6 +45,11 @@ impl TraceSession {
             collector,
             table,
         })
+    }
+
+    /// Whether the tracer was resumed from bpffs pins rather than loaded now.
+    pub fn is_resumed(&self) -> bool {
+        self.tracer.is_resumed()
     }
 
     /// Reads the kernel's maps; returns the keys that changed since the last poll.

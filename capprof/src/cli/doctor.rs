@@ -96,7 +96,7 @@ pub async fn run(_args: DoctorArgs) -> anyhow::Result<Exit> {
         ))),
         Err(error) => findings.push(Finding::Missing(error.to_string())),
     }
-    if is_bpffs(Path::new("/sys/fs/bpf")) {
+    if capprof::bpffs::is_bpffs(Path::new("/sys/fs/bpf")) {
         findings.push(Finding::Ok("bpffs mounted at /sys/fs/bpf".to_owned()));
     } else {
         findings.push(Finding::Missing(
@@ -117,16 +117,4 @@ pub async fn run(_args: DoctorArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Success
     })
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills a zeroed struct for a valid C string.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
 }
