@@ -102,6 +102,14 @@ impl fmt::Display for ApplyReport {
             for problem in check.problems() {
                 writeln!(f, "    - {problem}")?;
             }
+            if !check.extra.is_empty() {
+                // The service's own keys are exact after apply, so extras are inherited.
+                writeln!(
+                    f,
+                    "      (inherited from its `extends` base, which capprof does not edit: \
+                     profile the base service too, or edit it by hand)"
+                )?;
+            }
         }
         Ok(())
     }
