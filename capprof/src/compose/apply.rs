@@ -182,7 +182,7 @@ impl ApplyPlan {
 }
 
 /// Plans `compose apply`: for each selected profiled service, `cap_drop: [ALL]` and its minimal
-/// `cap_add` (with reasons), written as described in `docs/compose.md`.
+/// `cap_add` (with reasons), written as described in `capprof/docs/compose.md`.
 ///
 /// With several files, a key is rewritten in every file that sets it for the service (Compose
 /// unions the lists across files, so a stray entry anywhere would survive), and a missing key

@@ -539,6 +539,51 @@ mod tests {
     }
 
     #[test]
+    fn multi_line_flow_lists_quoted_keys_and_aliased_values_are_replaced_whole() {
+        let text = "x-caps: &caps [KILL]\nservices:\n  web:\n    \"cap_add\": [NET_ADMIN,\n       SYS_TIME]   # two lines\n    cap_drop: *caps\n    image: x\n";
+        assert_eq!(
+            edit(text, "web", &[(Chown, "")], false),
+            "x-caps: &caps [KILL]\nservices:\n  web:\n    cap_add:\n      - CHOWN\n    cap_drop: [ALL]\n    image: x\n"
+        );
+    }
+
+    #[test]
+    fn null_and_empty_lists_count_as_empty() {
+        let text = "services:\n  web:\n    image: x\n    cap_add:\n    cap_drop: [ALL]\n";
+        assert_eq!(edit(text, "web", &[], false), text);
+        let text = "services:\n  web:\n    image: x\n    cap_add: []\n    cap_drop: [ALL]\n";
+        assert_eq!(edit(text, "web", &[], false), text);
+        let text = "services:\n  web:\n    image: x\n    cap_add: ~\n";
+        assert_eq!(
+            edit(text, "web", &[(Kill, "")], false),
+            "services:\n  web:\n    image: x\n    cap_drop: [ALL]\n    cap_add:\n      - KILL\n"
+        );
+    }
+
+    #[test]
+    fn a_block_scalar_as_last_key_is_left_intact() {
+        let text = "services:\n  web:\n    image: x\n    command: |+\n      run\n      # part of the command\n\n  db:\n    image: y\n";
+        assert_eq!(
+            edit(text, "web", &[], false),
+            "services:\n  web:\n    cap_drop: [ALL]\n    image: x\n    command: |+\n      run\n      # part of the command\n\n  db:\n    image: y\n"
+        );
+    }
+
+    #[test]
+    fn deeper_and_shallower_indentation_is_followed() {
+        let text = "services:\n    web:\n        image: x\n        cap_drop:\n        - ALL\n";
+        assert_eq!(
+            edit(text, "web", &[(NetRaw, "ping")], false),
+            "services:\n    web:\n        image: x\n        cap_drop:\n        - ALL\n        cap_add:\n          - NET_RAW  # ping\n"
+        );
+        let text = "services:\n web:\n  image: x\n";
+        assert_eq!(
+            edit(text, "web", &[], false),
+            "services:\n web:\n  cap_drop: [ALL]\n  image: x\n"
+        );
+    }
+
+    #[test]
     fn long_reasons_are_cut_and_flattened() {
         let reason = one_line_reason("bind\nport 80\t  (nginx)");
         assert_eq!(reason, "bind port 80 (nginx)");

@@ -5,8 +5,8 @@
 //! `cap_add`, `cap_drop` and `privileged` keys, and splices new text only there; every other
 //! byte (comments, ordering, anchors, quoting, other services) is copied verbatim. Every
 //! planned edit is re-parsed and re-resolved before anything is shown or written.
-//! `docs/compose.md` describes the editing rules, the multi-file behaviour and the check's
-//! JSON format.
+//! `capprof/docs/compose.md` describes the editing rules, the multi-file behaviour and the
+//! check's JSON format.
 //!
 //! ```no_run
 //! use capprof::capability::Capability;
