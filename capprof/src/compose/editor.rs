@@ -56,6 +56,10 @@ impl ServiceGoal<'_> {
 struct KeyRegion {
     start: usize,
     end: usize,
+    /// Why the key cannot be rewritten, if it cannot (checked only when it must be).
+    locked: Option<&'static str>,
+    line: usize,
+    anchor: Option<usize>,
 }
 
 struct ServiceLayout<'a> {
@@ -75,9 +79,9 @@ pub(crate) fn service_edits(
     let layout = ServiceLayout::new(file, service)?;
     let mut edits = Vec::new();
 
-    let own_drop = layout.own_region(CAP_DROP)?;
-    let own_add = layout.own_region(CAP_ADD)?;
-    let own_privileged = layout.own_region(PRIVILEGED)?;
+    let own_drop = layout.own_region(CAP_DROP);
+    let own_add = layout.own_region(CAP_ADD);
+    let own_privileged = layout.own_region(PRIVILEGED);
     let current = |key: &str| {
         file.lookup(layout.mapping, key)
             .map(|found| file.cap_list(service, key, found.value()))
@@ -96,7 +100,7 @@ pub(crate) fn service_edits(
     {
         let text = layout.line(&format!("{CAP_DROP}: [ALL]"));
         edits.push(match own_drop {
-            Some(region) => region.replace(text),
+            Some(region) => layout.replace(region, CAP_DROP, text)?,
             None => layout.insert(own_add.map_or(layout.body_start, |r| r.start), 1, text),
         });
     }
@@ -116,8 +120,8 @@ pub(crate) fn service_edits(
             None
         };
         match (own_add, text) {
-            (Some(region), Some(text)) => edits.push(region.replace(text)),
-            (Some(region), None) => edits.push(region.replace(String::new())),
+            (Some(region), Some(text)) => edits.push(layout.replace(region, CAP_ADD, text)?),
+            (Some(region), None) => edits.push(layout.replace(region, CAP_ADD, String::new())?),
             (None, Some(text)) => {
                 edits.push(layout.insert(own_drop.map_or(layout.body_start, |r| r.end), 2, text))
             }
@@ -140,8 +144,8 @@ pub(crate) fn service_edits(
                 == Some(true);
             let text = layout.line(&format!("{PRIVILEGED}: false"));
             edits.push(match (own_privileged, inherits_true) {
-                (Some(region), false) => region.replace(String::new()),
-                (Some(region), true) => region.replace(text),
+                (Some(region), false) => layout.replace(region, PRIVILEGED, String::new())?,
+                (Some(region), true) => layout.replace(region, PRIVILEGED, text)?,
                 (None, _) => {
                     let first_own = [own_drop, own_add]
                         .into_iter()
@@ -154,17 +158,6 @@ pub(crate) fn service_edits(
         }
     }
     Ok(edits)
-}
-
-impl KeyRegion {
-    fn replace(self, text: String) -> TextEdit {
-        TextEdit {
-            start: self.start,
-            end: self.end,
-            rank: 0,
-            text,
-        }
-    }
 }
 
 impl<'a> ServiceLayout<'a> {
@@ -251,36 +244,60 @@ impl<'a> ServiceLayout<'a> {
         })
     }
 
-    fn own_region(&self, key: &str) -> Result<Option<KeyRegion>, ComposeError> {
-        let Some(entry) = own_entry(self.mapping, key) else {
-            return Ok(None);
-        };
+    fn own_region(&self, key: &str) -> Option<KeyRegion> {
+        let entry = own_entry(self.mapping, key)?;
         let file = self.file;
-        let unsupported = |message: String| ComposeError::UnsupportedForm {
-            path: file.path.clone(),
-            line: file.yaml.line_of(entry.key.start),
-            service: self.service.to_owned(),
-            message,
-        };
         let start = file.yaml.line_start(entry.key.start);
-        if !file.text[start..entry.key.start].bytes().all(|b| b == b' ') {
-            return Err(unsupported(format!("`{key}` does not start its own line")));
-        }
         let mut anchors = Vec::new();
         entry.value.anchors_defined(&mut anchors);
-        if let Some(anchor) = anchors.into_iter().find(|a| file.yaml.is_aliased(*a)) {
-            return Err(unsupported(format!(
-                "`{key}` defines the anchor `&{}`, which other parts of the file use; move the \
-                 anchor elsewhere (e.g. an `x-` extension field) so editing `{key}` cannot \
-                 change them",
-                file.yaml.anchor_name(anchor)
-            )));
-        }
+        let anchor = anchors.into_iter().find(|a| file.yaml.is_aliased(*a));
+        let locked = if !file.text[start..entry.key.start].bytes().all(|b| b == b' ') {
+            Some("does not start its own line")
+        } else if anchor.is_some() {
+            Some("defines an anchor that other parts of the file use")
+        } else {
+            None
+        };
         let last = entry_end(entry).saturating_sub(1).max(entry.key.start);
-        Ok(Some(KeyRegion {
+        Some(KeyRegion {
             start,
             end: line_end(&file.text, last),
-        }))
+            locked,
+            line: file.yaml.line_of(entry.key.start),
+            anchor,
+        })
+    }
+
+    /// Rewrites an own key's region, unless the key is locked.
+    fn replace(
+        &self,
+        region: KeyRegion,
+        key: &str,
+        text: String,
+    ) -> Result<TextEdit, ComposeError> {
+        if let Some(reason) = region.locked {
+            let message = match region.anchor {
+                Some(anchor) => format!(
+                    "`{key}` defines the anchor `&{}`, which other parts of the file use; move \
+                     the anchor elsewhere (e.g. an `x-` extension field) so editing `{key}` \
+                     cannot change them",
+                    self.file.yaml.anchor_name(anchor)
+                ),
+                None => format!("`{key}` {reason}"),
+            };
+            return Err(ComposeError::UnsupportedForm {
+                path: self.file.path.clone(),
+                line: region.line,
+                service: self.service.to_owned(),
+                message,
+            });
+        }
+        Ok(TextEdit {
+            start: region.start,
+            end: region.end,
+            rank: 0,
+            text,
+        })
     }
 
     fn line(&self, content: &str) -> String {
@@ -580,6 +597,15 @@ mod tests {
         assert_eq!(
             edit(text, "web", &[], false),
             "services:\n web:\n  cap_drop: [ALL]\n  image: x\n"
+        );
+    }
+
+    #[test]
+    fn a_shared_anchor_in_a_key_that_needs_no_edit_is_fine() {
+        let text = "services:\n  web:\n    image: x\n    cap_drop: &drop [ALL]\n  api:\n    image: y\n    cap_drop: *drop\n";
+        assert_eq!(
+            edit(text, "web", &[(Kill, "")], false),
+            "services:\n  web:\n    image: x\n    cap_drop: &drop [ALL]\n    cap_add:\n      - KILL\n  api:\n    image: y\n    cap_drop: *drop\n"
         );
     }
 
