@@ -76,28 +76,27 @@ pub(crate) fn service_edits(
     service: &str,
     goal: &ServiceGoal<'_>,
 ) -> Result<Vec<TextEdit>, ComposeError> {
-    let layout = ServiceLayout::new(file, service)?;
-    let mut edits = Vec::new();
+    // Decide from the values first: a file that needs no edit is fine in any form (override
+    // files often write a service as a flow mapping).
+    let current = file.partial_settings(service)?;
+    let wanted = goal.wanted_cap_add();
+    let edit_drop = current.cap_drop.as_ref() != Some(&CapSet::only_all())
+        && (current.cap_drop.is_some() || goal.is_home);
+    let edit_add = current.cap_add.clone().unwrap_or_default() != wanted
+        && (current.cap_add.is_some() || goal.is_home);
+    let edit_privileged = goal.drop_privileged && current.privileged == Some(true);
+    if !(edit_drop || edit_add || edit_privileged) {
+        return Ok(Vec::new());
+    }
 
+    let layout = ServiceLayout::new(file, service)?;
     let own_drop = layout.own_region(CAP_DROP);
     let own_add = layout.own_region(CAP_ADD);
     let own_privileged = layout.own_region(PRIVILEGED);
-    let current = |key: &str| {
-        file.lookup(layout.mapping, key)
-            .map(|found| file.cap_list(service, key, found.value()))
-            .transpose()
-    };
-    let inherited = |key: &str| {
-        file.lookup_merged(layout.mapping, key, 0)
-            .map(|value| file.cap_list(service, key, value))
-            .transpose()
-    };
+    let mut edits = Vec::new();
 
     // cap_drop: exactly [ALL].
-    let current_drop = current(CAP_DROP)?;
-    if current_drop.as_ref() != Some(&CapSet::only_all())
-        && (current_drop.is_some() || goal.is_home)
-    {
+    if edit_drop {
         let text = layout.line(&format!("{CAP_DROP}: [ALL]"));
         edits.push(match own_drop {
             Some(region) => layout.replace(region, CAP_DROP, text)?,
@@ -106,11 +105,12 @@ pub(crate) fn service_edits(
     }
 
     // cap_add: exactly the needed set; absent when it is empty.
-    let wanted = goal.wanted_cap_add();
-    let current_add = current(CAP_ADD)?;
-    let add_matches = current_add.clone().unwrap_or_default() == wanted;
-    if !add_matches && (current_add.is_some() || goal.is_home) {
-        let inherits_some = inherited(CAP_ADD)?.is_some_and(|set| !set.is_empty());
+    if edit_add {
+        let inherits_some = file
+            .lookup_merged(layout.mapping, CAP_ADD, 0)
+            .map(|value| file.cap_list(service, CAP_ADD, value))
+            .transpose()?
+            .is_some_and(|set| !set.is_empty());
         let text = if !wanted.is_empty() {
             Some(layout.cap_add_block(goal.needed))
         } else if inherits_some {
@@ -130,32 +130,25 @@ pub(crate) fn service_edits(
     }
 
     // privileged: true grants everything, whatever the lists say.
-    if goal.drop_privileged {
-        let is_privileged = file
-            .lookup(layout.mapping, PRIVILEGED)
-            .map(|found| file.privileged_flag(service, found.value()))
+    if edit_privileged {
+        let inherits_true = file
+            .lookup_merged(layout.mapping, PRIVILEGED, 0)
+            .map(|value| file.privileged_flag(service, value))
             .transpose()?
             == Some(true);
-        if is_privileged {
-            let inherits_true = file
-                .lookup_merged(layout.mapping, PRIVILEGED, 0)
-                .map(|value| file.privileged_flag(service, value))
-                .transpose()?
-                == Some(true);
-            let text = layout.line(&format!("{PRIVILEGED}: false"));
-            edits.push(match (own_privileged, inherits_true) {
-                (Some(region), false) => layout.replace(region, PRIVILEGED, String::new())?,
-                (Some(region), true) => layout.replace(region, PRIVILEGED, text)?,
-                (None, _) => {
-                    let first_own = [own_drop, own_add]
-                        .into_iter()
-                        .flatten()
-                        .map(|r| r.start)
-                        .min();
-                    layout.insert(first_own.unwrap_or(layout.body_start), 0, text)
-                }
-            });
-        }
+        let text = layout.line(&format!("{PRIVILEGED}: false"));
+        edits.push(match (own_privileged, inherits_true) {
+            (Some(region), false) => layout.replace(region, PRIVILEGED, String::new())?,
+            (Some(region), true) => layout.replace(region, PRIVILEGED, text)?,
+            (None, _) => {
+                let first_own = [own_drop, own_add]
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.start)
+                    .min();
+                layout.insert(first_own.unwrap_or(layout.body_start), 0, text)
+            }
+        });
     }
     Ok(edits)
 }
@@ -616,6 +609,18 @@ mod tests {
         let long = one_line_reason(&"word ".repeat(40));
         assert_eq!(long.chars().count(), MAX_REASON_CHARS);
         assert!(long.ends_with("..."));
+    }
+
+    #[test]
+    fn a_flow_mapping_that_needs_no_edit_is_fine() {
+        let text = "services:\n  web: {ports: [\"80:80\"]}\n";
+        let file = ComposeFile::parse(PathBuf::from("o.yml"), text.to_owned(), None).unwrap();
+        let goal = ServiceGoal {
+            needed: &[(NetAdmin, "")],
+            is_home: false,
+            drop_privileged: true,
+        };
+        assert_eq!(service_edits(&file, "web", &goal).unwrap(), []);
     }
 
     #[test]
