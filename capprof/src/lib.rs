@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod checks;
 pub mod classify;
 pub mod collector;
+pub mod compose;
 pub mod daemon;
 pub mod fold;
 pub mod kallsyms;
