@@ -4,6 +4,7 @@
 //! shells over it.
 
 pub mod attach;
+pub mod baseline;
 pub mod bpffs;
 pub mod btf;
 pub mod capability;

@@ -144,29 +144,16 @@ impl std::fmt::Debug for Tracer {
 impl Tracer {
     /// Loads the program and attaches it with the strongest path `options.attach` allows.
     pub fn load(options: &TracerOptions) -> Result<Self, LoadError> {
-        if PROGRAM_OBJECT.is_empty() {
-            return Err(LoadError::NoProgramObject);
-        }
+        let object = program_object()?;
         if !options.events_bytes.is_power_of_two() || options.events_bytes < 4096 {
             return Err(LoadError::BadRingBufferSize(options.events_bytes));
         }
-        let missing = privileges::effective_capabilities()
-            .map(privileges::missing_for_tracing)
-            .unwrap_or_default();
-        if !missing.is_empty() {
-            return Err(LoadError::MissingPrivileges { missing });
-        }
-        raise_memlock_limit();
+        prepare_process()?;
 
         let btf = Btf::from_kernel()?;
         let layout = KernelLayout::from_btf(&btf)?;
         let hooks = KernelHooks::probe(&btf);
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|source| {
-            LoadError::Btf(BtfError::Read {
-                path: crate::btf::VMLINUX_BTF.to_owned(),
-                source: std::io::Error::other(source.to_string()),
-            })
-        })?;
+        let aya_btf = kernel_btf_for_aya()?;
 
         let cabi = layout.cap_capable_abi as u32;
         let cgroup_id = options.cgroup_id.unwrap_or(0);
@@ -188,10 +175,8 @@ impl Tracer {
             )
             .override_global(globals::CAP_CAPABLE_ABI, &cabi, true)
             .map_max_entries(EVENTS_MAP, options.events_bytes)
-            .load(PROGRAM_OBJECT)
-            .map_err(|source| LoadError::Object {
-                source: Box::new(source),
-            })?;
+            .load(object)
+            .map_err(object_error)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -363,6 +348,60 @@ impl Tracer {
     }
 }
 
+/// The embedded eBPF object, or why this build has none.
+pub(crate) fn program_object() -> Result<&'static [u8], LoadError> {
+    if PROGRAM_OBJECT.is_empty() {
+        return Err(LoadError::NoProgramObject);
+    }
+    Ok(PROGRAM_OBJECT)
+}
+
+/// Checks that this process may load tracing programs and lifts the memlock limit.
+pub(crate) fn prepare_process() -> Result<(), LoadError> {
+    let missing = privileges::effective_capabilities()
+        .map(privileges::missing_for_tracing)
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingPrivileges { missing });
+    }
+    raise_memlock_limit();
+    Ok(())
+}
+
+/// The kernel's BTF in aya's form, for loading and for `tp_btf`/`fexit` attach targets.
+pub(crate) fn kernel_btf_for_aya() -> Result<aya::Btf, LoadError> {
+    aya::Btf::from_sys_fs().map_err(|source| {
+        LoadError::Btf(BtfError::Read {
+            path: crate::btf::VMLINUX_BTF.to_owned(),
+            source: std::io::Error::other(source.to_string()),
+        })
+    })
+}
+
+pub(crate) fn object_error(source: aya::EbpfError) -> LoadError {
+    LoadError::Object {
+        source: Box::new(source),
+    }
+}
+
+/// Loads the `tp_btf` program `name` on the `cap_capable` tracepoint, attaches it and hands its
+/// link over; unloads the program again when attaching fails.
+pub(crate) fn attach_cap_capable_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    name: &str,
+) -> Result<FdLink, ProgramError> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+    program.load(HOOKED_FUNCTION, btf)?;
+    match program.attach().and_then(|id| program.take_link(id)) {
+        Ok(link) => Ok(FdLink::from(link)),
+        Err(error) => {
+            let _ = program.unload();
+            Err(error)
+        }
+    }
+}
+
 /// The maps a pinned tracer keeps in bpffs, by their names in the object.
 const PINNED_MAPS: [&str; 6] = [
     CHECK_COUNTS_MAP,
@@ -472,20 +511,14 @@ fn attach(
             }
             attached
         }
-        AttachMode::Tracepoint => {
-            let program: &mut BtfTracePoint = program(ebpf, TRACEPOINT_PROGRAM)?.try_into()?;
-            program.load(HOOKED_FUNCTION, btf)?;
-            match program.attach().and_then(|id| program.take_link(id)) {
-                Ok(link) => Ok(vec![(
-                    "link-tracepoint",
-                    AttachedLink::Fd(FdLink::from(link)),
-                )]),
-                Err(error) => {
-                    let _ = program.unload();
-                    Err(error)
-                }
-            }
-        }
+        AttachMode::Tracepoint => Ok(vec![(
+            "link-tracepoint",
+            AttachedLink::Fd(attach_cap_capable_tracepoint(
+                ebpf,
+                btf,
+                TRACEPOINT_PROGRAM,
+            )?),
+        )]),
     }
 }
 
@@ -520,7 +553,7 @@ fn attach_kprobe(
 }
 
 /// A short reason for a failed load or attach; the verifier log only when the verifier spoke.
-fn describe_program_error(error: &ProgramError) -> String {
+pub(crate) fn describe_program_error(error: &ProgramError) -> String {
     match error {
         ProgramError::LoadError {
             io_error,
