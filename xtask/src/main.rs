@@ -1,1 +1,47 @@
-fn main() {}
+//! capprof's developer tasks, run as `cargo xtask <task>`.
+//!
+//! xtask never links the `capprof` crate: `setup` has to work before the eBPF toolchain exists,
+//! so everything else is driven as processes.
+
+mod mounts;
+mod packages;
+mod process;
+mod setup;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "capprof's developer tasks.",
+    long_about = "capprof's developer tasks.\n\nStart with `cargo xtask setup` on a new machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Check and install what building and testing capprof needs: Debian packages, bpf-linker,
+    /// kernel features; then build capprof and run `capprof doctor`. Safe to repeat.
+    Setup(setup::SetupOptions),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let workspace = workspace::Workspace::locate();
+    let outcome = match cli.task {
+        Task::Setup(options) => setup::run(&workspace, options),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of causes is the message; a backtrace of xtask itself helps nobody.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
