@@ -3,10 +3,12 @@
 //! xtask never links the `capprof` crate: `setup` has to work before the eBPF toolchain exists,
 //! so everything else is driven as processes.
 
+mod bench;
 mod mounts;
 mod packages;
 mod process;
 mod setup;
+mod stats;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,9 @@ enum Task {
     /// Check and install what building and testing capprof needs: Debian packages, bpf-linker,
     /// kernel features; then build capprof and run `capprof doctor`. Safe to repeat.
     Setup(setup::SetupOptions),
+    /// Measure what capprof adds to each capability check, next to no program, an empty program
+    /// and bpftrace (needs root).
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let workspace = workspace::Workspace::locate();
     let outcome = match cli.task {
         Task::Setup(options) => setup::run(&workspace, options),
+        Task::Bench(options) => bench::run(&workspace, &options),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
