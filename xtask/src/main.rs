@@ -9,6 +9,7 @@ mod packages;
 mod process;
 mod setup;
 mod stats;
+mod suite;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -18,7 +19,8 @@ use clap::{Parser, Subcommand};
     name = "cargo xtask",
     bin_name = "cargo xtask",
     about = "capprof's developer tasks.",
-    long_about = "capprof's developer tasks.\n\nStart with `cargo xtask setup` on a new machine."
+    long_about = "capprof's developer tasks.\n\nStart with `cargo xtask setup` on a new machine; \
+                  `cargo xtask test` runs everything CI runs."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,9 @@ enum Task {
     /// Measure what capprof adds to each capability check, next to no program, an empty program
     /// and bpftrace (needs root).
     Bench(bench::BenchOptions),
+    /// Run the whole test suite as CI does: setup, cargo test, clippy, rustfmt. Set CI=true to
+    /// turn skipped tests into failures.
+    Test(suite::TestOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +46,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.task {
         Task::Setup(options) => setup::run(&workspace, options),
         Task::Bench(options) => bench::run(&workspace, &options),
+        Task::Test(options) => suite::run(suite::plan(&workspace, options)),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
