@@ -19,10 +19,10 @@ use anyhow::{Context, bail};
 use capprof::{
     baseline::EmptyProgram,
     capability::Capability,
-    cgroup,
-    checks::CheckTable,
-    collector::{CheckSource, KernelCollector, TracerCounters},
-    loader::{Tracer, TracerOptions},
+    cgroup::{self, OwnedCgroup},
+    collector::TracerCounters,
+    loader::TracerOptions,
+    trace::TraceSession,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -126,8 +126,14 @@ fn run_loop(args: &LoopArgs) -> anyhow::Result<()> {
     } else {
         Some(PrivateCgroup::enter()?)
     };
-    let (_, cgroup_id) =
-        cgroup::of_pid(std::process::id()).context("cannot find this process's cgroup v2 id")?;
+    let cgroup_id = match &private {
+        Some(private) => private.id(),
+        None => {
+            cgroup::of_pid(std::process::id())
+                .context("cannot find this process's cgroup v2 id")?
+                .1
+        }
+    };
 
     // SAFETY: unshare with a namespace flag only changes this process's namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWUTS) } != 0 {
@@ -174,16 +180,13 @@ fn hold(program: HeldProgram) -> anyhow::Result<()> {
             })
         }
         HeldProgram::Capprof => {
-            let mut tracer = Tracer::load(&TracerOptions::default())?;
-            let attach_mode = tracer.attach_choice().mode.to_string();
-            let mut collector = KernelCollector::new(&mut tracer)?;
+            let mut session = TraceSession::start(&TracerOptions::default())?;
+            let attach_mode = session.attach_choice().mode.to_string();
             announce_ready_and_wait()?;
-            let mut table = CheckTable::default();
-            let collection = collector.collect()?;
-            table.apply(collection, &mut collector)?;
+            session.poll()?;
             let sethostname = libc::SYS_sethostname as u32;
             let mut sethostname_checks = BTreeMap::new();
-            for record in table.records().filter(|record| {
+            for record in session.table().records().filter(|record| {
                 record.capability() == Some(Capability::SysAdmin)
                     && record.syscall_nr() == Some(sethostname)
             }) {
@@ -192,7 +195,7 @@ fn hold(program: HeldProgram) -> anyhow::Result<()> {
             print_json(&CapprofReport {
                 attach_mode,
                 sethostname_checks,
-                counters: table.counters(),
+                counters: session.table().counters(),
             })
         }
     }
@@ -257,11 +260,11 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A cgroup v2 directory made for this process; dropping it moves the process back and removes
-/// the directory.
+/// A cgroup of the loop's own; dropping it moves the process back to where it was, then the
+/// [`OwnedCgroup`] removes the directory.
 #[derive(Debug)]
 struct PrivateCgroup {
-    directory: PathBuf,
+    cgroup: OwnedCgroup,
     original: PathBuf,
 }
 
@@ -270,38 +273,28 @@ impl PrivateCgroup {
         let pid = std::process::id();
         let (original, _) =
             cgroup::of_pid(pid).context("cannot find this process's cgroup v2 directory")?;
-        let directory = original.join(format!("capprof-bench-{pid}"));
-        std::fs::create_dir(&directory).with_context(|| {
-            format!(
-                "cannot create {}; run as root or pass --shared-cgroup",
-                directory.display()
-            )
-        })?;
-        let entered = Self {
-            directory,
-            original,
-        };
-        move_self_to(&entered.directory)?;
+        let cgroup = OwnedCgroup::create(&format!("capprof-bench-{pid}"))
+            .context("cannot create a cgroup for the loop; run as root or pass --shared-cgroup")?;
+        let entered = Self { cgroup, original };
+        move_self_to(&entered.cgroup.procs_file())?;
         Ok(entered)
+    }
+
+    fn id(&self) -> u64 {
+        self.cgroup.id()
     }
 }
 
 impl Drop for PrivateCgroup {
     fn drop(&mut self) {
-        if let Err(error) = move_self_to(&self.original) {
+        if let Err(error) = move_self_to(&self.original.join("cgroup.procs")) {
             eprintln!("capprof-bench: {error:#}");
-        }
-        if let Err(error) = std::fs::remove_dir(&self.directory) {
-            eprintln!(
-                "capprof-bench: cannot remove {}: {error}",
-                self.directory.display()
-            );
         }
     }
 }
 
-fn move_self_to(directory: &Path) -> anyhow::Result<()> {
-    let procs = directory.join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string())
+fn move_self_to(procs: &Path) -> anyhow::Result<()> {
+    // "0" names the writing process.
+    std::fs::write(procs, "0")
         .with_context(|| format!("cannot move this process into {}", procs.display()))
 }
