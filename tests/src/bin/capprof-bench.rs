@@ -13,6 +13,7 @@ use std::{
     ffi::CString,
     io::{BufRead, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context, bail};
@@ -149,13 +150,20 @@ fn run_loop(args: &LoopArgs) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    for _ in 0..args.warmup {
-        set_hostname()?;
-    }
+    stop_on_interrupt();
+    let run = |iterations: u64| -> anyhow::Result<()> {
+        for i in 0..iterations {
+            // Return through the cgroup guard rather than die inside the cgroup and leave it.
+            if i % 4096 == 0 && INTERRUPTED.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            set_hostname()?;
+        }
+        Ok(())
+    };
+    run(args.warmup)?;
     let start = monotonic_ns();
-    for _ in 0..args.iterations {
-        set_hostname()?;
-    }
+    run(args.iterations)?;
     let elapsed_ns = monotonic_ns() - start;
     drop(private);
 
@@ -219,6 +227,21 @@ fn print_json(report: &impl Serialize) -> anyhow::Result<()> {
     writeln!(stdout)?;
     stdout.flush()?;
     Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns SIGINT and SIGTERM into [`INTERRUPTED`], checked by the loop.
+fn stop_on_interrupt() {
+    let handler = note_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler) };
+    }
 }
 
 fn monotonic_ns() -> u64 {
