@@ -5,18 +5,19 @@ use std::{collections::BTreeSet, process::Command};
 
 use anyhow::Context;
 
-/// A package the project needs, and why.
+/// A package the project needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Package {
     pub name: &'static str,
-    /// Setup fails while an essential package is missing.
-    pub essential: bool,
+    /// Why the project works without it; `None` for an essential package, whose absence fails
+    /// setup.
+    pub optional: Option<&'static str>,
 }
 
 const fn essential(name: &'static str) -> Package {
     Package {
         name,
-        essential: true,
+        optional: None,
     }
 }
 
@@ -29,10 +30,9 @@ pub fn required(vm: bool) -> Vec<Package> {
         essential("rust-web-src"),
         // bpf-linker links against it.
         essential("llvm-22-dev"),
-        // Only for looking at loaded programs and maps by hand.
         Package {
             name: "bpftool",
-            essential: false,
+            optional: Some("only for inspecting loaded programs and maps by hand"),
         },
         // The benchmark's reference.
         essential("bpftrace"),

@@ -161,17 +161,22 @@ fn check_packages(report: &mut Report, options: SetupOptions) -> bool {
             }
         }
     }
-    let command = packages::install_command(&absent_names, is_root());
-    for package in &absent {
-        let need = if package.essential {
-            Need::Essential
-        } else {
-            Need::Optional("only for inspecting loaded programs by hand")
-        };
+    let (essential, optional): (Vec<&packages::Package>, Vec<_>) = absent
+        .iter()
+        .partition(|package| package.optional.is_none());
+    if !essential.is_empty() {
+        let names: Vec<&str> = essential.iter().map(|package| package.name).collect();
+        report.missing(
+            &format!("Debian packages {}", names.join(" ")),
+            Fix::Run(packages::install_command(&names, is_root())),
+            Need::Essential,
+        );
+    }
+    for package in optional {
         report.missing(
             &format!("Debian package {}", package.name),
-            Fix::Run(command.clone()),
-            need,
+            Fix::Run(packages::install_command(&[package.name], is_root())),
+            Need::Optional(package.optional.unwrap_or_default()),
         );
     }
     TOOLCHAIN_PACKAGES
