@@ -87,7 +87,9 @@ fn capprof_counts_every_check_of_the_loop_in_its_private_cgroup() {
 
     assert_eq!(measured["private_cgroup"], true);
     assert_eq!(measured["sethostname_calls"], 20_500);
-    assert!(measured["ns_per_check"].as_f64().unwrap() > 0.0);
+    let batches = measured["batch_ns_per_check"].as_array().unwrap();
+    assert_eq!(batches.len(), 1000, "the default batch count");
+    assert!(batches.iter().all(|ns| ns.as_f64().unwrap() > 0.0));
     let cgroup_id = measured["cgroup_id"].as_u64().unwrap();
     assert!(
         cgroup_id > 1,
@@ -122,9 +124,10 @@ fn a_shared_cgroup_loop_reports_the_callers_cgroup() {
     if !ci::require_root() {
         return;
     }
-    let measured = run_loop(&["--shared-cgroup", "--cpu=0"]);
+    let measured = run_loop(&["--shared-cgroup", "--cpu=0", "--batches=7"]);
     let (_, own_cgroup) = capprof::cgroup::of_pid(std::process::id()).expect("own cgroup");
     assert_eq!(measured["private_cgroup"], false);
     assert_eq!(measured["cgroup_id"].as_u64(), Some(own_cgroup));
     assert_eq!(measured["cpu"], 0);
+    assert_eq!(measured["batch_ns_per_check"].as_array().unwrap().len(), 7);
 }

@@ -45,6 +45,10 @@ pub struct BenchOptions {
     /// Timed sethostname calls (capability checks) per loop.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub iterations: u64,
+    /// Batches each loop is timed in; a loop's result is its 10th-percentile batch, so batches
+    /// slowed by another process taking the CPU do not count.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: u64,
     /// Untimed calls before each timed loop.
     #[arg(long, default_value_t = 10_000)]
     pub warmup: u64,
@@ -59,7 +63,7 @@ pub struct BenchOptions {
 /// `capprof-bench loop`'s report.
 #[derive(Debug, Deserialize)]
 struct LoopReport {
-    ns_per_check: f64,
+    batch_ns_per_check: Vec<f64>,
     sethostname_calls: u64,
     cpu: usize,
     cgroup_id: u64,
@@ -87,6 +91,7 @@ struct CapprofRound {
 struct JsonReport<'a> {
     rounds: u32,
     iterations: u64,
+    batches: u64,
     warmup: u64,
     cpu: usize,
     bpftrace_program: &'static str,
@@ -134,11 +139,10 @@ pub fn run(workspace: &Workspace, options: &BenchOptions) -> anyhow::Result<()> 
                 Config::Bpftrace => under_bpftrace(&bpftrace, &driver, options)?,
             };
             cpu = Some(measured.cpu);
-            eprint!(" {} {:.1}", config.name(), measured.ns_per_check);
-            samples
-                .entry(config)
-                .or_default()
-                .push(measured.ns_per_check);
+            let ns_per_check = stats::quantile(&measured.batch_ns_per_check, stats::LOOP_QUANTILE)
+                .context("the loop reported no batches")?;
+            eprint!(" {} {ns_per_check:.1}", config.name());
+            samples.entry(config).or_default().push(ns_per_check);
         }
         eprintln!();
     }
@@ -153,6 +157,7 @@ pub fn run(workspace: &Workspace, options: &BenchOptions) -> anyhow::Result<()> 
         let report = JsonReport {
             rounds: options.rounds,
             iterations: options.iterations,
+            batches: options.batches,
             warmup: options.warmup,
             cpu: cpu.unwrap_or_default(),
             bpftrace_program: BPFTRACE_PROGRAM,
@@ -165,10 +170,12 @@ pub fn run(workspace: &Workspace, options: &BenchOptions) -> anyhow::Result<()> 
             .first()
             .map_or("unknown", |round| round.attach_mode.as_str());
         println!(
-            "\n{} rounds × {} sethostname calls (one CAP_SYS_ADMIN check each) on CPU {}; \
-             capprof attached with {mode}; median over rounds:\n",
+            "\n{} rounds × {} sethostname calls (one CAP_SYS_ADMIN check each) in batches of {} on \
+             CPU {}; capprof attached with {mode}.\nns/check: the median over rounds of each \
+             loop's 10th-percentile batch.\n",
             options.rounds,
             options.iterations,
+            options.iterations / options.batches.min(options.iterations),
             cpu.unwrap_or_default()
         );
         print!("{}", stats::render(&summary));
@@ -219,6 +226,7 @@ fn run_loop(driver: &Path, options: &BenchOptions) -> anyhow::Result<LoopReport>
     command
         .arg("loop")
         .arg(format!("--iterations={}", options.iterations))
+        .arg(format!("--batches={}", options.batches))
         .arg(format!("--warmup={}", options.warmup));
     if let Some(cpu) = options.cpu {
         command.arg(format!("--cpu={cpu}"));

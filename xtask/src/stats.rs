@@ -1,4 +1,4 @@
-//! The benchmark's arithmetic: medians over rounds, the cost each program adds to a capability
+//! The benchmark's arithmetic: a loop's representative batch, medians over rounds, the cost each program adds to a capability
 //! check, the ratios the targets are stated in, and the table that shows them.
 
 use std::{collections::BTreeMap, fmt::Write};
@@ -52,6 +52,20 @@ pub fn median(values: &[f64]) -> Option<f64> {
         n if n % 2 == 1 => Some(sorted[middle]),
         _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
     }
+}
+
+/// Which batch of a loop stands for the loop: the 10th percentile. Batches slowed by another
+/// process taking the CPU (the machines are shared) sit above it; the program's cost does not
+/// vary between batches, so it is in every one of them.
+pub const LOOP_QUANTILE: f64 = 0.1;
+
+/// The nearest-rank `q` quantile (`0 < q ≤ 1`): the smallest value with at least `q` of the
+/// values at or below it.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 /// `numerator / denominator`, or `None` when the denominator is not a positive cost.
@@ -273,6 +287,21 @@ mod tests {
             Some(510.0),
             "an outlier round does not move it"
         );
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let batches: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&batches, LOOP_QUANTILE), Some(10.0));
+        assert_eq!(quantile(&batches, 0.5), Some(50.0));
+        assert_eq!(quantile(&batches, 1.0), Some(100.0));
+        assert_eq!(quantile(&[7.0], LOOP_QUANTILE), Some(7.0));
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.1), Some(1.0));
+        assert_eq!(quantile(&[], 0.1), None);
+        // Slowed batches above the 10th percentile do not move it.
+        let mut slowed = vec![480.0; 100];
+        slowed[..40].fill(5_000.0);
+        assert_eq!(quantile(&slowed, LOOP_QUANTILE), Some(480.0));
     }
 
     #[test]

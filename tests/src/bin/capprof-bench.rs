@@ -52,6 +52,10 @@ struct LoopArgs {
     /// Timed iterations (one capability check each).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     iterations: u64,
+    /// Timed batches the iterations are split into. Each batch is timed on its own, so that a
+    /// batch slowed by another process taking the CPU can be told apart from the rest.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batches: u64,
     /// Untimed iterations first, to warm caches and let the CPU settle.
     #[arg(long, default_value_t = 10_000)]
     warmup: u64,
@@ -82,8 +86,10 @@ enum HeldProgram {
 /// What `loop` prints.
 #[derive(Debug, Serialize)]
 struct LoopReport {
-    /// Average over the timed iterations.
-    ns_per_check: f64,
+    /// ns per iteration of each timed batch, in order.
+    batch_ns_per_check: Vec<f64>,
+    /// Average over all timed iterations.
+    mean_ns_per_check: f64,
     iterations: u64,
     elapsed_ns: u64,
     /// Every sethostname call made, warm-up included: what a tracer must have counted.
@@ -162,13 +168,25 @@ fn run_loop(args: &LoopArgs) -> anyhow::Result<()> {
         Ok(())
     };
     run(args.warmup)?;
-    let start = monotonic_ns();
-    run(args.iterations)?;
-    let elapsed_ns = monotonic_ns() - start;
+    let batches = args.batches.min(args.iterations);
+    let mut batch_ns_per_check = Vec::with_capacity(batches as usize);
+    let mut elapsed_ns = 0;
+    let mut done = 0;
+    for batch in 0..batches {
+        // Spreads the remainder over the last batches.
+        let size = (args.iterations - done) / (batches - batch);
+        let start = monotonic_ns();
+        run(size)?;
+        let took = monotonic_ns() - start;
+        batch_ns_per_check.push(took as f64 / size as f64);
+        elapsed_ns += took;
+        done += size;
+    }
     drop(private);
 
     print_json(&LoopReport {
-        ns_per_check: elapsed_ns as f64 / args.iterations as f64,
+        batch_ns_per_check,
+        mean_ns_per_check: elapsed_ns as f64 / args.iterations as f64,
         iterations: args.iterations,
         elapsed_ns,
         sethostname_calls: args.warmup + args.iterations,
