@@ -5,7 +5,9 @@
 //! one CAP_SYS_ADMIN check per call) four times: with no program, with the empty program held by
 //! `capprof-bench hold --program empty`, with capprof's tracer held by `capprof-bench hold
 //! --program capprof`, and under bpftrace. Rounds interleave the configurations so that drift in
-//! the machine's speed hits all of them alike; the median over rounds is reported.
+//! the machine's speed hits all of them alike; the median over rounds is reported. Each loop is
+//! timed in small batches and stands for its 10th-percentile batch: on a shared machine whole
+//! batches are lost to other processes, and those must not count as the program's cost.
 
 use std::{
     collections::BTreeMap,

@@ -1,8 +1,8 @@
 //! The processes `cargo xtask bench` runs, one per role:
 //!
 //! * `loop`: the measured workload. One capability check per iteration: `sethostname` in a private
-//!   UTS namespace, pinned to one CPU, timed with `CLOCK_MONOTONIC`. It runs in a cgroup of its
-//!   own so that its checks can be told apart from everything else on the machine.
+//!   UTS namespace, pinned to one CPU, timed batch by batch with `CLOCK_MONOTONIC`. It runs in a
+//!   cgroup of its own so that its checks can be told apart from everything else on the machine.
 //! * `hold`: keeps a program attached to `cap_capable` while a loop runs (the empty baseline or
 //!   capprof's tracer), prints `ready`, waits for a line or EOF on stdin, then reports.
 //!
