@@ -9,6 +9,7 @@ pub mod capability;
 pub mod cgroup;
 pub mod checks;
 pub mod collector;
+pub mod docker;
 pub mod kallsyms;
 pub mod kernel_layout;
 pub mod loader;
