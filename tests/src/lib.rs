@@ -1,1 +1,4 @@
-//! Test harness.
+//! capprof's integration test harness: the CI skip policy and a real Docker engine.
+
+pub mod ci;
+pub mod docker;
