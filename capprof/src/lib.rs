@@ -14,6 +14,7 @@ pub mod classify;
 pub mod collector;
 pub mod compose;
 pub mod daemon;
+pub mod docker;
 pub mod fold;
 pub mod kallsyms;
 pub mod kernel_layout;
