@@ -109,14 +109,29 @@ pub mod check_flags {
     pub const RUNTIME_INIT: u32 = 1 << 6;
 }
 
-/// Task-name prefixes of container runtimes' init processes, as (little-endian bytes, mask) over
-/// the first eight bytes of `comm`. runc and youki name their stages `runc:[0:PARENT]`,
-/// `runc:[1:CHILD]`, `runc:[2:INIT]`; crun keeps its own name until it executes the entrypoint.
-pub const RUNTIME_INIT_COMMS: [(u64, u64); 3] = [
+/// Task names of container runtimes at work inside a container's cgroup, as (little-endian bytes,
+/// mask) over the first eight bytes of `comm`: `runc init` starts as `runc` (or `memfd:runc_clon`
+/// when runc runs from its sealed memfd copy) and names its stages `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]`; youki does the same with `youki:[`; crun keeps its name.
+pub const RUNTIME_INIT_COMMS: [(u64, u64); 7] = [
     (u64::from_le_bytes(*b"runc:[\0\0"), 0x0000_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"runc\0\0\0\0"), 0x0000_00ff_ffff_ffff),
+    (u64::from_le_bytes(*b"memfd:ru"), u64::MAX),
     (u64::from_le_bytes(*b"youki:[\0"), 0x00ff_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"youki\0\0\0"), 0x0000_ffff_ffff_ffff),
     (u64::from_le_bytes(*b"crun\0\0\0\0"), 0x0000_00ff_ffff_ffff),
+    (u64::from_le_bytes(*b"memfd:cr"), u64::MAX),
 ];
+
+/// Whether a task whose `comm` starts with these eight bytes (little-endian) is a runtime's init.
+#[inline(always)]
+pub fn is_runtime_init_comm(first_eight: u64) -> bool {
+    let mut found = false;
+    for (prefix, mask) in RUNTIME_INIT_COMMS {
+        found |= first_eight & mask == prefix;
+    }
+    found
+}
 
 /// The kernel's `CAP_OPT_NOAUDIT` bit in `cap_capable`'s `opts`.
 pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;
@@ -221,6 +236,28 @@ const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
 const _: () = assert!(core::mem::size_of::<CheckEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
 const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
+
+#[cfg(test)]
+mod tests {
+    use super::is_runtime_init_comm;
+
+    fn first_eight(comm: &str) -> u64 {
+        let mut bytes = [0u8; 8];
+        let len = comm.len().min(8);
+        bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+        u64::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn runtime_inits_are_recognised_and_nothing_else() {
+        for comm in ["runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]", "runc", "memfd:runc_clon", "youki:[2:INIT]", "youki", "crun", "memfd:crun_clon"] {
+            assert!(is_runtime_init_comm(first_eight(comm)), "{comm}");
+        }
+        for comm in ["runcible", "runc-init", "crunch", "httpd", "exe", "youkii", "memfd:other", ""] {
+            assert!(!is_runtime_init_comm(first_eight(comm)), "{comm}");
+        }
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

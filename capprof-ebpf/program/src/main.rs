@@ -32,7 +32,7 @@ use aya_log_ebpf::warn;
 use capprof_common::{
     CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, CapCapableAbi, CheckEvent, CheckKey, Counter,
     DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, PendingCheck,
-    RUNTIME_INIT_COMMS, Verdict, check_flags,
+    is_runtime_init_comm, Verdict, check_flags,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -276,13 +276,7 @@ fn cred_flags(task: u64, cred: u64, access: CredAccess) -> u32 {
 fn runtime_init_flag(task: u64) -> u32 {
     // SAFETY: `task` comes from `bpf_get_current_task_btf`; `comm` is at least 16 bytes.
     let comm: u64 = unsafe { load(task, &TASK_COMM_OFFSET) };
-    let mut flag = 0;
-    for (prefix, mask) in RUNTIME_INIT_COMMS {
-        if comm & mask == prefix {
-            flag = check_flags::RUNTIME_INIT;
-        }
-    }
-    flag
+    if is_runtime_init_comm(comm) { check_flags::RUNTIME_INIT } else { 0 }
 }
 
 /// Normalises the 4th argument of `cap_capable` into [`check_flags`] bits.
