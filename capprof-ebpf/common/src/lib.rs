@@ -13,6 +13,8 @@ pub const CALL_SITES_MAP: &str = "CALL_SITES";
 pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
 /// Name of the ring buffer that carries [`CheckEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of [`HotSlot`]s.
+pub const HOT_SLOTS_MAP: &str = "HOT_SLOTS";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the per-task scratch map the kprobe program uses to hand arguments to the kretprobe.
@@ -48,6 +50,14 @@ pub mod globals {
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
     /// `u32`: byte offset of `comm` in `struct task_struct`, read from kernel BTF.
     pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
+    /// `u32`: byte offset of `cgroups` in `struct task_struct`.
+    pub const TASK_CGROUPS_OFFSET: &str = "TASK_CGROUPS_OFFSET";
+    /// `u32`: byte offset of `dfl_cgrp` in `struct css_set`.
+    pub const CSS_SET_DFL_CGRP_OFFSET: &str = "CSS_SET_DFL_CGRP_OFFSET";
+    /// `u32`: byte offset of `kn` in `struct cgroup`.
+    pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+    /// `u32`: byte offset of `id` in `struct kernfs_node`.
+    pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
     /// `u32`: byte offset of `euid` in `struct cred`, read from kernel BTF.
     pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
     /// `u32`: byte offset of the syscall-number slot in `struct pt_regs` (`orig_ax` on x86_64).
@@ -159,6 +169,28 @@ pub struct CheckKey {
     pub flags: u32,
 }
 
+/// How many hot slots each CPU has (a power of two).
+pub const HOT_SLOT_COUNT: u32 = 256;
+
+/// A per-CPU counter owned by the first key that hashed to it (`count == 0`: unclaimed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotSlot {
+    pub key: CheckKey,
+    pub count: u64,
+}
+
+/// The hot slot a key may own: a cheap mix of its fields, the same in the kernel and in tests.
+#[inline(always)]
+pub fn hot_slot_index(key: &CheckKey) -> u32 {
+    let mixed = key.cgroup_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(key.cap) << 8
+        ^ u64::from(key.verdict) << 15
+        ^ u64::from(key.syscall_nr as u32) << 16
+        ^ u64::from(key.flags) << 40;
+    ((mixed ^ mixed >> 29 ^ mixed >> 47) as u32) & (HOT_SLOT_COUNT - 1)
+}
+
 /// One kernel call path under a [`CheckKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,6 +268,8 @@ const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
 const _: () = assert!(core::mem::size_of::<CheckEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
 const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<HotSlot>() == 32);
+const _: () = assert!(HOT_SLOT_COUNT.is_power_of_two());
 
 #[cfg(test)]
 mod tests {
@@ -267,4 +301,5 @@ mod pod {
     unsafe impl aya::Pod for super::CallSiteKey {}
     unsafe impl aya::Pod for super::CheckEvent {}
     unsafe impl aya::Pod for super::PendingCheck {}
+    unsafe impl aya::Pod for super::HotSlot {}
 }
