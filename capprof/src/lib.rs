@@ -3,6 +3,7 @@
 //! The library holds everything; the `capprof` binary's CLI, its daemon and the tests are thin
 //! shells over it.
 
+pub mod api;
 pub mod attach;
 pub mod bpffs;
 pub mod btf;
