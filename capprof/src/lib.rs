@@ -20,6 +20,7 @@ pub mod loader;
 pub mod privileges;
 pub mod profile;
 pub mod recommend;
+pub mod report_output;
 pub mod store;
 pub mod trace;
 pub mod trace_output;
