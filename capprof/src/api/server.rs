@@ -261,6 +261,15 @@ fn advice(recommendation: &Recommendation) -> impl PartialEq + use<> {
     )
 }
 
+/// Whether a watcher hears about `current` after `last`: when the advice changed, or with
+/// `every_update` when anything did.
+fn worth_sending(last: &Recommendation, current: &Recommendation, every_update: bool) -> bool {
+    match every_update {
+        true => last != current,
+        false => advice(last) != advice(current),
+    }
+}
+
 #[tonic::async_trait]
 impl CapprofService for ApiService {
     async fn get_status(
@@ -517,8 +526,7 @@ impl Watch {
             };
             let changed = match &self.last {
                 None => true,
-                Some(last) if self.every_update => *last != current,
-                Some(last) => advice(last) != advice(&current),
+                Some(last) => worth_sending(last, &current, self.every_update),
             };
             if changed {
                 let message = pb::WatchProfileResponse {
@@ -631,5 +639,63 @@ impl CheckFeed {
             (Some(Subject::Image { name }), Some(container)) => container.image == *name,
             (Some(Subject::Service { .. } | Subject::Image { .. }), None) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        classify::entry_key,
+        profile::{EntryCallSite, EntryVerdict, Example, ProfileEntry},
+    };
+
+    fn recommendation(entries: &[(Capability, EntryVerdict, u32, u64)]) -> Recommendation {
+        recommend(&Profile {
+            subject: Subject::Host,
+            info: SubjectInfo::default(),
+            entries: entries
+                .iter()
+                .map(|(cap, verdict, syscall, count)| ProfileEntry {
+                    key: entry_key(*cap, *verdict, Some(*syscall), 0),
+                    count: *count,
+                    first_seen_ms: 1,
+                    last_seen_ms: 2,
+                    call_sites: vec![EntryCallSite {
+                        stack: vec!["cap_capable".into(), "__inet_bind+0x1".into()],
+                        example: Example {
+                            pid: 1,
+                            tgid: 1,
+                            uid: 0,
+                            gid: 0,
+                            comm: "httpd".into(),
+                            seen_at_ms: 1,
+                        },
+                    }],
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn watchers_hear_about_advice_unless_they_ask_for_counts() {
+        use Capability::{NetBindService, NetRaw};
+        use EntryVerdict::{Denied, Granted};
+        let before = recommendation(&[(NetBindService, Granted, 49, 3)]);
+        let more = recommendation(&[(NetBindService, Granted, 49, 9)]);
+        let new_capability =
+            recommendation(&[(NetBindService, Granted, 49, 3), (NetRaw, Denied, 41, 1)]);
+        assert!(!worth_sending(&before, &more, false), "counts alone");
+        assert!(
+            worth_sending(&before, &more, true),
+            "counts, when asked for"
+        );
+        assert!(worth_sending(&before, &new_capability, false));
+        assert!(!worth_sending(&before, &before.clone(), true));
+        let now_denied = recommendation(&[(NetBindService, Denied, 49, 3)]);
+        assert!(
+            worth_sending(&before, &now_denied, false),
+            "granted → denied"
+        );
     }
 }
