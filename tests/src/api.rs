@@ -3,6 +3,7 @@
 //! `ProfileChange` broadcast per changed subject.
 
 use std::{
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
@@ -12,7 +13,7 @@ use capprof::{
     api::{
         self, ApiContext, ClientTarget, ListenConfig, Listeners, RunningContainer,
         RunningContainers, SocketError, TracerHealth,
-        socket::{SocketGroup, UnixSocketConfig},
+        socket::{SocketGroup, TcpConfig, TlsFiles, UnixSocketConfig},
     },
     attach::{AttachChoice, AttachMode, SkippedMode},
     capability::Capability,
@@ -241,6 +242,8 @@ pub fn shop_batches() -> Vec<Batch> {
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Where TCP is served, when it is.
+    pub tcp_addr: Option<SocketAddr>,
     pub state: Arc<DaemonState>,
     pub health: watch::Sender<TracerHealth>,
     pub engine: Arc<FakeEngine>,
@@ -251,6 +254,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Serves the [`shop_batches`] fixture; `shop-cache-1` runs but made no check.
     pub async fn start() -> Self {
+        Self::start_with_tcp(None).await
+    }
+
+    /// Like [`TestDaemon::start`], also serving TCP with TLS on a free loopback port.
+    pub async fn start_with_tcp(tls: Option<TlsFiles>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("capprof-api-test-")
             .tempdir()
@@ -296,9 +304,13 @@ impl TestDaemon {
                 mode: 0o660,
                 group: SocketGroup::DefaultIfExists,
             },
-            tcp: None,
+            tcp: tls.map(|tls| TcpConfig {
+                addr: ([127, 0, 0, 1], 0).into(),
+                tls,
+            }),
         })
         .expect("binding the API socket");
+        let tcp_addr = listeners.tcp_addr();
         let context = ApiContext {
             state: state.clone(),
             containers: engine.clone(),
@@ -311,6 +323,7 @@ impl TestDaemon {
         let daemon = Self {
             dir,
             socket,
+            tcp_addr,
             state,
             health,
             engine,
