@@ -815,3 +815,72 @@ async fn watch_prints_plain_lines_when_not_a_terminal() {
     let status = guarded("watch to exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(8), "the daemon went away: unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_prints_the_filtered_live_checks() {
+    let daemon = TestDaemon::start().await;
+    let Some(binary) = capprof_binary() else {
+        ci::skip_or_fail(
+            "the capprof binary is not built (cargo build -p capprof, or set CAPPROF_BIN)",
+        );
+        return;
+    };
+    let mut child = tokio::process::Command::new(binary)
+        .args([
+            "events",
+            "--container",
+            "shop/web",
+            "--cap",
+            "NET_BIND_SERVICE",
+            "--format",
+            "json",
+        ])
+        .env("CAPPROF_SOCKET", &daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The stream is open once the server has subscribed to the daemon's checks.
+    guarded("the events stream to open", async {
+        while daemon.state.checks.receiver_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let live = |id: &str, check: capprof_tests::api::Check| LiveCheck {
+        subject: Subject::Container { id: id.into() },
+        key: check.key(),
+        delta: check.count,
+        example: None,
+    };
+    daemon
+        .state
+        .checks
+        .send(live(DB_ID, chown_files(1)))
+        .unwrap();
+    daemon
+        .state
+        .checks
+        .send(live(BLOG_ID, bind_port_80(1)))
+        .unwrap();
+    daemon
+        .state
+        .checks
+        .send(live(WEB_ID, bind_port_80(4)))
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = guarded("the matching check", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(event["owner"], "shop-web-1");
+    assert_eq!(event["container_id"], WEB_ID);
+    assert_eq!(event["capability"], "CAP_NET_BIND_SERVICE");
+    assert_eq!(event["verdict"], "granted");
+    assert_eq!(event["count"], 4);
+    daemon.stop().await.expect("clean shutdown");
+    let status = guarded("events to exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(8));
+}
