@@ -705,6 +705,17 @@ async fn cli_errors_have_their_documented_exit_codes() {
         stderr(&unknown)
     );
 
+    let help = capprof(&socket, &["report", "--help"], false)
+        .await
+        .unwrap();
+    for documented in [
+        "5   the capprof daemon is not running",
+        "6   no container, service or image has that name",
+        "7   permission denied on the daemon's socket",
+    ] {
+        assert!(stdout(&help).contains(documented), "{}", stdout(&help));
+    }
+
     let ambiguous = capprof(&socket, &["report", "web"], false).await.unwrap();
     assert_eq!(ambiguous.status.code(), Some(6));
     assert!(

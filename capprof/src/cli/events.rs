@@ -16,6 +16,7 @@ use super::{Exit, ps::ListFormat};
 /// Each line is one kind of check (container, capability, verdict, system call) folded in one
 /// poll, with how many times it happened.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_CODES_HELP)]
 pub struct EventsArgs {
     /// Only checks of this container, or of every container of a project/service or image, or
     /// `host` for checks outside containers.

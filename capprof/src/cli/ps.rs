@@ -10,6 +10,7 @@ use super::Exit;
 
 /// List running and remembered containers with their Compose service and recommended cap_add.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_CODES_HELP)]
 pub struct PsArgs {
     /// Only the containers running now.
     #[arg(long)]

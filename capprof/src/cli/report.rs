@@ -18,13 +18,12 @@ use super::Exit;
 /// service as project/service (or just service when one project has it), an image, or `host`.
 /// `container:`, `service:` and `image:` prefixes say which kind is meant.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, after_long_help = super::EXIT_CODES_HELP)]
 pub struct ReportArgs {
     /// A container, project/service, image, or `host`.
     target: String,
 
-    /// table: for people; json/yaml: cap_add plus evidence; compose: a service fragment with
-    /// cap_drop [ALL]; k8s: a securityContext block; docker-run: --cap-drop/--cap-add flags.
+    /// How to print the recommendation.
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     format: ReportFormat,
 

@@ -9,6 +9,7 @@ use super::Exit;
 /// Only that profile is forgotten: resetting a container leaves its service's and image's
 /// merged profiles alone.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_CODES_HELP)]
 pub struct ResetArgs {
     /// A container, project/service, image, or `host`.
     target: String,

@@ -10,6 +10,7 @@ use super::{Exit, ps::ListFormat};
 
 /// Show the daemon's version, attach mode, kernel, lost-event counters and uptime.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_CODES_HELP)]
 pub struct StatusArgs {
     /// Lines for people, or one JSON object.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]

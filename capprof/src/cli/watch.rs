@@ -17,6 +17,7 @@ use super::Exit;
 /// On a terminal the report is redrawn in place each time it changes; otherwise one line is
 /// printed per change: `<time> <target> cap_add: CHOWN NET_BIND_SERVICE (<n> checks)`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = super::EXIT_CODES_HELP)]
 pub struct WatchArgs {
     /// A container, project/service, image, or `host`.
     target: String,
