@@ -225,7 +225,8 @@ fn table(recommendation: &Recommendation) -> String {
         let _ = writeln!(out, "\nSeen but not counted:");
         for (class, checks) in &recommendation.ignored {
             let total: u64 = checks.iter().map(|check| check.count).sum();
-            let _ = writeln!(out, "  {} ({total} checks):", class.name());
+            let noun = if total == 1 { "check" } else { "checks" };
+            let _ = writeln!(out, "  {} ({total} {noun}):", class.name());
             for check in checks {
                 let _ = writeln!(
                     out,

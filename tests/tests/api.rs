@@ -581,7 +581,7 @@ async fn report_prints_every_format() {
         "NET_BIND_SERVICE  httpd called bind() → __inet_bind, 12×",
         "Docker defaults it did not need (12 of 14)",
         "advisory (340 checks)",
-        "runtime-setup (1 checks)",
+        "runtime-setup (1 check):",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in\n{text}");
     }
