@@ -475,6 +475,30 @@ impl CapprofService for ApiService {
     }
 }
 
+/// Completes when the daemon starts shutting down; never if nobody can say so any more.
+async fn shutting_down(shutdown: &mut watch::Receiver<bool>) -> ApiError {
+    let stopping = shutdown.wait_for(|stopping| *stopping).await.is_ok();
+    match stopping {
+        true => ApiError::ShuttingDown,
+        false => std::future::pending().await,
+    }
+}
+
+/// Completes when the tracer stops collecting; never if nobody can say so any more.
+async fn stopped_collecting(health: &mut watch::Receiver<TracerHealth>) -> ApiError {
+    let refusal = match health
+        .wait_for(|health| *health != TracerHealth::Collecting)
+        .await
+    {
+        Ok(health) => health.refusal(),
+        Err(_) => None,
+    };
+    match refusal {
+        Some(error) => error,
+        None => std::future::pending().await,
+    }
+}
+
 /// One `WatchProfile` stream.
 struct Watch {
     context: ApiContext,
@@ -496,10 +520,8 @@ impl Watch {
         loop {
             if self.last.is_some() {
                 let refusal = tokio::select! {
-                    _ = self.shutdown.wait_for(|stopping| *stopping) => Some(ApiError::ShuttingDown),
-                    health = self.context.tracer_health.wait_for(|health| *health != TracerHealth::Collecting) => {
-                        health.ok().and_then(|health| health.refusal()).or(Some(ApiError::ShuttingDown))
-                    }
+                    error = shutting_down(&mut self.shutdown) => Some(error),
+                    error = stopped_collecting(&mut self.context.tracer_health) => Some(error),
                     change = self.changes.recv() => match change {
                         Ok(change) if change.subject != self.subject => continue,
                         // Lagged: whatever was missed may have been ours; look.
@@ -560,10 +582,8 @@ impl CheckFeed {
         }
         loop {
             let check = tokio::select! {
-                _ = self.shutdown.wait_for(|stopping| *stopping) => Err(ApiError::ShuttingDown),
-                health = self.context.tracer_health.wait_for(|health| *health != TracerHealth::Collecting) => {
-                    Err(health.ok().and_then(|health| health.refusal()).unwrap_or(ApiError::ShuttingDown))
-                }
+                error = shutting_down(&mut self.shutdown) => Err(error),
+                error = stopped_collecting(&mut self.context.tracer_health) => Err(error),
                 check = self.checks.recv() => match check {
                     Ok(check) => Ok(check),
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -675,6 +695,34 @@ mod tests {
                 })
                 .collect(),
         })
+    }
+
+    #[test]
+    fn live_streams_end_on_signals_not_on_dropped_senders() {
+        use futures_util::FutureExt;
+        let (health, mut receiver) = watch::channel(TracerHealth::Collecting);
+        assert!(stopped_collecting(&mut receiver).now_or_never().is_none());
+        health.send_replace(TracerHealth::KernelUnsupported {
+            reason: "no hook".into(),
+        });
+        assert!(matches!(
+            stopped_collecting(&mut receiver).now_or_never(),
+            Some(ApiError::KernelUnsupported { .. })
+        ));
+        let (_, mut orphaned) = watch::channel(TracerHealth::Collecting);
+        assert!(
+            stopped_collecting(&mut orphaned).now_or_never().is_none(),
+            "a daemon that never reports health keeps its streams"
+        );
+        let (stop, mut stopping) = watch::channel(false);
+        assert!(shutting_down(&mut stopping).now_or_never().is_none());
+        stop.send_replace(true);
+        assert!(matches!(
+            shutting_down(&mut stopping).now_or_never(),
+            Some(ApiError::ShuttingDown)
+        ));
+        let (_, mut orphaned) = watch::channel(false);
+        assert!(shutting_down(&mut orphaned).now_or_never().is_none());
     }
 
     #[test]
