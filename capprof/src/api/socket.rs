@@ -307,6 +307,10 @@ fn bind_unix(
 }
 
 fn bind_tcp(config: &TcpConfig) -> Result<(std::net::TcpListener, ServerTlsConfig), SocketError> {
+    // tonic's server takes rustls' process-wide provider; name ring (the one tonic is built
+    // with) so that another dependency enabling a second provider cannot leave it ambiguous.
+    // An error only means a provider was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|source| SocketError::TlsFile {
             path: path.clone(),
