@@ -133,7 +133,10 @@ impl CheckSource for KernelCollector {
             let per_cpu = self
                 .hot_slots
                 .get(&index, 0)
-                .map_err(|source| CollectError::Map { map: HOT_SLOTS_MAP, source })?;
+                .map_err(|source| CollectError::Map {
+                    map: HOT_SLOTS_MAP,
+                    source,
+                })?;
             for slot in per_cpu.iter().filter(|slot| slot.count > 0) {
                 *totals.entry(slot.key).or_default() += slot.count;
             }

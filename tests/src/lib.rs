@@ -1,6 +1,8 @@
 //! The harness behind capprof's integration tests: the CI skip policy, test cgroups, the trigger
-//! program that makes known capability checks, and a real Docker engine.
+//! program that makes known capability checks, a real Docker engine, and an API server over a
+//! real store.
 
+pub mod api;
 pub mod cgroups;
 pub mod ci;
 pub mod docker;

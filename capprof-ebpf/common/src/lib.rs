@@ -284,10 +284,29 @@ mod tests {
 
     #[test]
     fn runtime_inits_are_recognised_and_nothing_else() {
-        for comm in ["runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]", "runc", "memfd:runc_clon", "youki:[2:INIT]", "youki", "crun", "memfd:crun_clon"] {
+        for comm in [
+            "runc:[0:PARENT]",
+            "runc:[1:CHILD]",
+            "runc:[2:INIT]",
+            "runc",
+            "memfd:runc_clon",
+            "youki:[2:INIT]",
+            "youki",
+            "crun",
+            "memfd:crun_clon",
+        ] {
             assert!(is_runtime_init_comm(first_eight(comm)), "{comm}");
         }
-        for comm in ["runcible", "runc-init", "crunch", "httpd", "exe", "youkii", "memfd:other", ""] {
+        for comm in [
+            "runcible",
+            "runc-init",
+            "crunch",
+            "httpd",
+            "exe",
+            "youkii",
+            "memfd:other",
+            "",
+        ] {
             assert!(!is_runtime_init_comm(first_eight(comm)), "{comm}");
         }
     }

@@ -20,9 +20,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_task_btf, generated::bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+        generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use capprof_common::{
-    CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, HOT_SLOT_COUNT, HotSlot, hot_slot_index, CapCapableAbi, CheckEvent, CheckKey, Counter,
-    DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, PendingCheck,
-    is_runtime_init_comm, Verdict, check_flags,
+    CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, CapCapableAbi, CheckEvent, CheckKey, Counter,
+    DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, HOT_SLOT_COUNT,
+    HotSlot, PendingCheck, Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -253,7 +253,9 @@ fn increment(key: &CheckKey, preemptible: bool) -> Option<u64> {
     match CHECK_COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)) {
         Ok(()) => Some(1),
         // Another program on this CPU inserted the key between our lookup and insert.
-        Err(_) => CHECK_COUNTS.get_ptr_mut(key).map(|count| add_one(count, preemptible)),
+        Err(_) => CHECK_COUNTS
+            .get_ptr_mut(key)
+            .map(|count| add_one(count, preemptible)),
     }
 }
 
@@ -345,7 +347,11 @@ fn cred_flags(task: u64, cred: u64, cred_is_typed: bool) -> u32 {
 fn runtime_init_flag(task: u64) -> u32 {
     // SAFETY: `task` comes from `bpf_get_current_task_btf`; `comm` is at least 16 bytes.
     let comm: u64 = unsafe { load(task, &TASK_COMM_OFFSET) };
-    if is_runtime_init_comm(comm) { check_flags::RUNTIME_INIT } else { 0 }
+    if is_runtime_init_comm(comm) {
+        check_flags::RUNTIME_INIT
+    } else {
+        0
+    }
 }
 
 /// Normalises the 4th argument of `cap_capable` into [`check_flags`] bits.
