@@ -27,19 +27,20 @@ pub struct Sighting {
     pub boot_time_ns: u64,
 }
 
+/// The text before the first NUL.
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 impl From<&CheckEvent> for Sighting {
     fn from(event: &CheckEvent) -> Self {
-        let end = event
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(event.comm.len());
         Self {
             pid: event.pid,
             tgid: event.tgid,
             uid: event.uid,
             gid: event.gid,
-            comm: String::from_utf8_lossy(&event.comm[..end]).into_owned(),
+            comm: nul_terminated(&event.comm),
             boot_time_ns: event.boot_time_ns,
         }
     }
@@ -152,6 +153,8 @@ pub fn syscall_name(nr: Option<u32>) -> String {
 #[derive(Debug, Default)]
 pub struct CheckTable {
     records: BTreeMap<CheckKey, CheckRecord>,
+    /// The cgroup directory names the kernel reported, by cgroup id.
+    cgroup_names: HashMap<u64, String>,
     stacks: HashMap<i64, Arc<[String]>>,
     symbols: KernelSymbols,
     counters: TracerCounters,
@@ -180,6 +183,12 @@ impl CheckTable {
         self.counters = counters;
         let mut changed = Vec::new();
         for event in &events {
+            let name = nul_terminated(&event.cgroup_name);
+            if !name.is_empty() {
+                self.cgroup_names
+                    .entry(event.site.check.cgroup_id)
+                    .or_insert(name);
+            }
             let stack = self.symbolized_stack(event.site.stack_id, source)?;
             let record = self.record_mut(event.site.check);
             record.call_sites.push(CallSite {
@@ -227,6 +236,11 @@ impl CheckTable {
         };
         self.stacks.insert(stack_id, stack.clone());
         Ok(stack)
+    }
+
+    /// The name of a cgroup's directory (a container id for Docker's), when an event carried it.
+    pub fn cgroup_name(&self, cgroup_id: u64) -> Option<&str> {
+        self.cgroup_names.get(&cgroup_id).map(String::as_str)
     }
 
     pub fn get(&self, key: &CheckKey) -> Option<&CheckRecord> {
@@ -318,6 +332,7 @@ mod tests {
             comm,
             raw_opts: 0,
             _padding: 0,
+            cgroup_name: [0; capprof_common::CGROUP_NAME_LEN],
         }
     }
 

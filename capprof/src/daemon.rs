@@ -141,10 +141,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Loads (or resumes) the pinned tracer, opens the store and starts collecting.
+    /// Loads (or resumes) the pinned tracer, opens the store and starts collecting. The attributor
+    /// is made from the store, so that it can start from what an earlier daemon attributed.
     pub fn start(
         config: &DaemonConfig,
-        attributor: Box<dyn Attributor + Send>,
+        make_attributor: impl FnOnce(&Store) -> Result<Box<dyn Attributor + Send>, StoreError>,
     ) -> Result<Self, DaemonError> {
         crate::bpffs::ensure_mounted(config.pin_root.parent().unwrap_or(&config.pin_root))
             .map_err(|source| DaemonError::Bpffs {
@@ -166,6 +167,7 @@ impl Daemon {
             store.reset_kernel_accounting()?;
             Folder::default()
         };
+        let attributor = make_attributor(&store)?;
         let now = Clock::now().wall_now_ms;
         let status = DaemonStatus {
             version: env!("CARGO_PKG_VERSION"),

@@ -27,9 +27,10 @@ pub enum Owner {
     Pending,
 }
 
-/// Answers "whose cgroup is this?".
+/// Answers "whose cgroup is this?". `cgroup_name` is the cgroup directory's name as the kernel
+/// reported it with a check (a container id for Docker's cgroups), which outlives the cgroup.
 pub trait Attributor {
-    fn owner_of(&mut self, cgroup_id: u64) -> Owner;
+    fn owner_of(&mut self, cgroup_id: u64, cgroup_name: Option<&str>) -> Owner;
 }
 
 /// Converts the kernel's boot-time clock to wall-clock milliseconds.
@@ -81,6 +82,8 @@ pub struct Folder {
     folded_sites: HashSet<(CheckKey, Vec<String>)>,
     /// Call sites already recorded as reported by the kernel.
     recorded_sites: HashSet<(CheckKey, Vec<String>)>,
+    /// cgroups whose names are stored.
+    recorded_names: HashSet<u64>,
     /// Call sites a previous daemon recorded but could not attribute: the kernel will not report
     /// them again, so they are folded from here.
     unfolded_sites: HashMap<CheckKey, Vec<EntryCallSite>>,
@@ -115,6 +118,8 @@ impl Folder {
 
     /// Remembers a fold as stored.
     pub fn commit(&mut self, fold: &Fold) {
+        self.recorded_names
+            .extend(fold.batch.cgroup_names.iter().map(|(id, _)| *id));
         for (key, site) in &fold.batch.kernel_call_sites {
             self.recorded_sites.insert((*key, site.stack.clone()));
         }
@@ -139,6 +144,15 @@ impl Folder {
         let mut owners_seen: HashMap<u64, Owner> = HashMap::new();
         for record in table.records() {
             let key = record.key;
+            if !self.recorded_names.contains(&key.cgroup_id)
+                && let Some(name) = table.cgroup_name(key.cgroup_id)
+                && !batch
+                    .cgroup_names
+                    .iter()
+                    .any(|(id, _)| *id == key.cgroup_id)
+            {
+                batch.cgroup_names.push((key.cgroup_id, name.to_owned()));
+            }
             let mut sites = call_sites(record, clock);
             sites.extend(self.unfolded_sites.get(&key).cloned().unwrap_or_default());
             for site in &sites {
@@ -156,7 +170,7 @@ impl Folder {
             }
             let owner = owners_seen
                 .entry(key.cgroup_id)
-                .or_insert_with(|| owners.owner_of(key.cgroup_id))
+                .or_insert_with(|| owners.owner_of(key.cgroup_id, table.cgroup_name(key.cgroup_id)))
                 .clone();
             let subjects = match &owner {
                 Owner::Pending => continue,
@@ -271,7 +285,7 @@ mod tests {
     struct FakeOwners(HashMap<u64, Owner>);
 
     impl Attributor for FakeOwners {
-        fn owner_of(&mut self, cgroup_id: u64) -> Owner {
+        fn owner_of(&mut self, cgroup_id: u64, _cgroup_name: Option<&str>) -> Owner {
             self.0.get(&cgroup_id).cloned().unwrap_or(Owner::Pending)
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod attribution;
 pub mod baseline;
 pub mod bpffs;
 pub mod btf;

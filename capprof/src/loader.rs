@@ -183,6 +183,11 @@ impl Tracer {
                 &layout.kernfs_node_id_offset,
                 true,
             )
+            .override_global(
+                globals::KERNFS_NODE_NAME_OFFSET,
+                &layout.kernfs_node_name_offset,
+                true,
+            )
             .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid_offset, true)
             .override_global(
                 globals::PT_REGS_SYSCALL_NR_OFFSET,

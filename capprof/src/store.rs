@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS containers (
 CREATE TABLE IF NOT EXISTS cgroups (
     cgroup_id INTEGER PRIMARY KEY, container_id TEXT, first_seen_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cgroup_names (
+    cgroup_id INTEGER PRIMARY KEY, name TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS subjects (
     subject TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL
 );
@@ -126,6 +129,8 @@ pub struct Batch {
     /// Call sites the kernel reported, remembered before attribution.
     pub kernel_call_sites: Vec<(CheckKey, EntryCallSite)>,
     pub containers: Vec<ContainerRecord>,
+    /// cgroup id → the cgroup directory's name, as the kernel reported it.
+    pub cgroup_names: Vec<(u64, String)>,
     /// cgroup id → container id (`None`: the host).
     pub cgroups: Vec<(u64, Option<String>, i64)>,
     /// (subject, container id) memberships, for merged subjects.
@@ -294,6 +299,20 @@ impl Store {
                     row.get::<_, i64>(0)? as u64,
                     row.get::<_, Option<String>>(1)?,
                 ))
+            })
+            .map_err(self.db_error())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_error())
+    }
+
+    /// The cgroup directory names the kernel reported, by cgroup id.
+    pub fn cgroup_names(&self) -> Result<HashMap<u64, String>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT cgroup_id, name FROM cgroup_names")
+            .map_err(self.db_error())?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?))
             })
             .map_err(self.db_error())?;
         rows.collect::<Result<_, _>>().map_err(self.db_error())
@@ -567,6 +586,12 @@ fn write_batch(transaction: &Transaction<'_>, batch: &Batch) -> rusqlite::Result
             ],
         )?;
     }
+    for (cgroup_id, name) in &batch.cgroup_names {
+        transaction.execute(
+            "INSERT OR IGNORE INTO cgroup_names (cgroup_id, name) VALUES (?1, ?2)",
+            params![*cgroup_id as i64, name],
+        )?;
+    }
     for (cgroup_id, container_id, seen_ms) in &batch.cgroups {
         transaction.execute(
             "INSERT INTO cgroups (cgroup_id, container_id, first_seen_ms) VALUES (?1, ?2, ?3)
@@ -725,6 +750,7 @@ mod tests {
                     attributed: vec![(kernel_key, count)],
                     kernel_call_sites: vec![(kernel_key, site("chown", at))],
                     containers: vec![container(id, None)],
+                    cgroup_names: vec![(77, format!("{id}-cgroup"))],
                     cgroups: vec![(77, Some(id.into()), at)],
                     memberships: vec![
                         (container_subject.clone(), id.into()),
@@ -766,6 +792,11 @@ mod tests {
         assert_eq!(store.attributed_counts().unwrap()[&kernel_key], 4);
         assert_eq!(store.kernel_call_sites().unwrap().len(), 1);
         assert_eq!(store.cgroup_attributions().unwrap()[&77], Some("b".into()));
+        assert_eq!(
+            store.cgroup_names().unwrap()[&77],
+            "a-cgroup",
+            "the first name reported stays"
+        );
         assert_eq!(store.profile(&Subject::Host).unwrap(), None);
     }
 

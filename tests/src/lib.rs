@@ -5,5 +5,6 @@
 pub mod api;
 pub mod cgroups;
 pub mod ci;
+pub mod daemon;
 pub mod docker;
 pub mod trigger;

@@ -58,6 +58,8 @@ pub mod globals {
     pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
     /// `u32`: byte offset of `id` in `struct kernfs_node`.
     pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+    /// `u32`: byte offset of `name` in `struct kernfs_node`.
+    pub const KERNFS_NODE_NAME_OFFSET: &str = "KERNFS_NODE_NAME_OFFSET";
     /// `u32`: byte offset of `euid` in `struct cred`, read from kernel BTF.
     pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
     /// `u32`: byte offset of the syscall-number slot in `struct pt_regs` (`orig_ax` on x86_64).
@@ -220,7 +222,14 @@ pub struct CheckEvent {
     /// Raw `opts` (or legacy `audit`) argument when [`check_flags::OPTS_KNOWN`] is set.
     pub raw_opts: u32,
     pub _padding: u32,
+    /// The name of the task's cgroup v2 directory, NUL padded: for a container, its id
+    /// (`<id>` with Docker's cgroupfs driver, `docker-<id>.scope` with systemd). Read here
+    /// because a short-lived container's cgroup may be gone by the time user space looks.
+    pub cgroup_name: [u8; CGROUP_NAME_LEN],
 }
+
+/// Bytes kept of a cgroup's name: enough for `docker-<64 hex>.scope`.
+pub const CGROUP_NAME_LEN: usize = 80;
 
 /// Indices into the per-CPU counters array.
 #[repr(u32)]
@@ -265,7 +274,7 @@ pub struct PendingCheck {
 
 const _: () = assert!(core::mem::size_of::<CheckKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
-const _: () = assert!(core::mem::size_of::<CheckEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<CheckEvent>() == 160);
 const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
 const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HotSlot>() == 32);

@@ -21,8 +21,8 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
-        generated::bpf_task_pt_regs,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::bpf_get_current_task_btf, generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -32,9 +32,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use capprof_common::{
-    CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, CapCapableAbi, CheckEvent, CheckKey, Counter,
-    DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, HOT_SLOT_COUNT,
-    HotSlot, PendingCheck, Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
+    CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CGROUP_NAME_LEN, CallSiteKey, CapCapableAbi, CheckEvent,
+    CheckKey, Counter, DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES,
+    DEFAULT_EVENTS_BYTES, HOT_SLOT_COUNT, HotSlot, PendingCheck, Verdict, check_flags,
+    hot_slot_index, is_runtime_init_comm,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -55,6 +56,8 @@ static CSS_SET_DFL_CGRP_OFFSET: u32 = 0;
 static CGROUP_KN_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static KERNFS_NODE_ID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_NAME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static CRED_EUID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
@@ -221,7 +224,7 @@ fn count_check<C: EbpfContext + StackIdContext>(
         return;
     };
     if count.is_power_of_two() {
-        report_call_site(ctx, key, raw_opts.unwrap_or(0));
+        report_call_site(ctx, task, key, raw_opts.unwrap_or(0));
     }
 }
 
@@ -279,13 +282,19 @@ fn add_one(count: *mut u64, preemptible: bool) -> u64 {
 /// four loads the verifier checks against kernel BTF.
 #[inline(always)]
 fn current_cgroup_id(task: u64) -> u64 {
+    // SAFETY: a BTF-typed kernfs node.
+    unsafe { load(current_cgroup_node(task), &KERNFS_NODE_ID_OFFSET) }
+}
+
+/// The kernfs node of the task's cgroup v2 directory.
+#[inline(always)]
+fn current_cgroup_node(task: u64) -> u64 {
     // SAFETY: each pointer comes from a BTF-typed load of the previous object, at offsets from
     // kernel BTF; tracing programs run inside an RCU read-side section, which `cgroups` needs.
     unsafe {
         let css_set: u64 = load(task, &TASK_CGROUPS_OFFSET);
         let cgroup: u64 = load(css_set, &CSS_SET_DFL_CGRP_OFFSET);
-        let kernfs_node: u64 = load(cgroup, &CGROUP_KN_OFFSET);
-        load(kernfs_node, &KERNFS_NODE_ID_OFFSET)
+        load(cgroup, &CGROUP_KN_OFFSET)
     }
 }
 
@@ -381,7 +390,12 @@ fn opts_flags(raw_opts: u32) -> u32 {
 /// key's count reaches a power of two, because the call site is only remembered once its event
 /// is reserved.
 #[inline(never)]
-fn report_call_site<C: EbpfContext + StackIdContext>(ctx: &C, check: CheckKey, raw_opts: u32) {
+fn report_call_site<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    task: u64,
+    check: CheckKey,
+    raw_opts: u32,
+) {
     let stack_id = match ctx.get_stackid(&KERNEL_STACKS, 0) {
         Ok(id) => id,
         Err(errno) => {
@@ -412,17 +426,23 @@ fn report_call_site<C: EbpfContext + StackIdContext>(ctx: &C, check: CheckKey, r
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    entry.write(CheckEvent {
-        site,
-        boot_time_ns: unsafe { bpf_ktime_get_boot_ns() },
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        raw_opts,
-        _padding: 0,
-    });
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is the reserved ring-buffer record, written field by field; the cgroup
+    // name is read straight into it.
+    unsafe {
+        (*event).site = site;
+        (*event).boot_time_ns = bpf_ktime_get_boot_ns();
+        (*event).pid = pid_tgid as u32;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).uid = uid_gid as u32;
+        (*event).gid = (uid_gid >> 32) as u32;
+        (*event).comm = bpf_get_current_comm().unwrap_or_default();
+        (*event).raw_opts = raw_opts;
+        (*event)._padding = 0;
+        (*event).cgroup_name = [0; CGROUP_NAME_LEN];
+        let name: u64 = load(current_cgroup_node(task), &KERNFS_NODE_NAME_OFFSET);
+        let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).cgroup_name);
+    }
     entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }
 

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the
 //! library; errors become messages and exit codes here, at the edge.
 
+mod daemon;
 mod doctor;
 mod events;
 mod exit;
@@ -9,6 +10,7 @@ mod report;
 mod reset;
 mod status;
 mod trace;
+mod unload;
 mod watch;
 
 use std::process::ExitCode;
@@ -47,6 +49,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Daemon(daemon::DaemonArgs),
     Trace(trace::TraceArgs),
     Doctor(doctor::DoctorArgs),
     Report(report::ReportArgs),
@@ -55,6 +58,7 @@ enum Command {
     Events(events::EventsArgs),
     Status(status::StatusArgs),
     Reset(reset::ResetArgs),
+    Unload(unload::UnloadArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
@@ -78,7 +82,9 @@ pub fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Daemon(args) => daemon::run(args).await,
             Command::Trace(args) => trace::run(args).await,
+            Command::Unload(args) => unload::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::Report(args) => report::run(args).await,
             Command::Ps(args) => ps::run(args).await,

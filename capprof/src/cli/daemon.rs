@@ -1,0 +1,177 @@
+//! `capprof daemon`: trace every container, keep their profiles, serve the API.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use capprof::{
+    api::{self, ApiContext, ListenArgs, Listeners, TracerHealth},
+    attach::AttachRequest,
+    attribution::{self, DockerAttributor, SharedTracker, TrackedRunningContainers},
+    daemon::{Daemon, DaemonConfig},
+    docker::EngineAddress,
+    fold::Attributor,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Exit;
+
+/// Run the profiler: trace every capability check, attribute it to its Docker container, keep a
+/// profile per container, Compose service and image, and serve them over the API.
+///
+/// Leave it running while your tests run, then ask `capprof report <container|project/service>`.
+/// Stopping it (Ctrl-C, SIGTERM, even SIGKILL) leaves the eBPF program pinned in bpffs, so checks
+/// made while it is down are still counted when it comes back; `capprof unload` detaches it.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Where profiles are kept (an SQLite database).
+    #[arg(
+        long,
+        env = "CAPPROF_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/capprof"
+    )]
+    state_dir: PathBuf,
+
+    /// bpffs directory where the tracer is pinned.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/capprof")]
+    pin_dir: PathBuf,
+
+    /// How to hook cap_capable.
+    #[arg(long, value_enum, default_value_t = AttachRequest::Auto)]
+    attach: AttachRequest,
+
+    /// How often checks are folded into profiles and stored: the most a crash can lose.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    poll_interval_ms: u64,
+
+    /// How long the profiles of exited containers are kept (e.g. 7d, 12h, 30m); merged service
+    /// and image profiles stay until `capprof reset`.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    retention: Duration,
+
+    #[command(flatten)]
+    listen: ListenArgs,
+}
+
+/// `7d`, `12h`, `30m`, `45s`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 7d, 12h, 30m or 45s"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(value.saturating_mul(seconds)))
+}
+
+pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
+    // Bind first: a second daemon fails here, before touching the tracer.
+    let listeners = Listeners::bind(&args.listen.to_config()?)?;
+    let address = EngineAddress::from_env().context("reading DOCKER_HOST")?;
+    let tracker: SharedTracker = Arc::new(OnceLock::new());
+    tokio::spawn(attribution::follow_engine(address, tracker.clone()));
+
+    let config = DaemonConfig {
+        state_dir: args.state_dir,
+        pin_root: args.pin_dir,
+        attach: args.attach,
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        retention: args.retention,
+        ..DaemonConfig::default()
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let attributor_tracker = tracker.clone();
+    let daemon = tokio::task::spawn_blocking(move || {
+        Daemon::start(&config, |store| {
+            let attributor = DockerAttributor::new(
+                attributor_tracker,
+                runtime,
+                attribution::remembered_owners(store)?,
+                store.cgroup_names()?,
+            );
+            Ok(Box::new(attributor) as Box<dyn Attributor + Send>)
+        })
+    })
+    .await??;
+    let status = daemon.state().status();
+    eprintln!(
+        "capprof daemon: tracing via {}{}; API on {}",
+        status.attach.explain(),
+        if status.resumed {
+            ", resumed from the pinned tracer"
+        } else {
+            ""
+        },
+        args.listen.socket.display()
+    );
+
+    let (health, tracer_health) = tokio::sync::watch::channel(TracerHealth::Collecting);
+    let context = ApiContext {
+        state: daemon.state(),
+        containers: Arc::new(TrackedRunningContainers(tracker)),
+        tracer_health,
+    };
+    let serve = api::serve(context, listeners, shutdown_requested());
+    tokio::pin!(serve);
+    let mut checkup = tokio::time::interval(Duration::from_secs(1));
+    let served = loop {
+        tokio::select! {
+            result = &mut serve => break result,
+            _ = checkup.tick() => {
+                if daemon.collector_finished() && matches!(*health.borrow(), TracerHealth::Collecting) {
+                    tracing::error!("the collector stopped; stored profiles are still served, new checks are not recorded");
+                    let _ = health.send(TracerHealth::Stopped { reason: "the collector stopped; see the daemon's log".into() });
+                }
+            }
+        }
+    };
+    tokio::task::spawn_blocking(move || daemon.shutdown()).await??;
+    served?;
+    Ok(Exit::Success)
+}
+
+async fn shutdown_requested() {
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping; the tracer stays pinned and keeps counting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("7w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! A real `capprof daemon` process for end-to-end tests: its own state directory, bpffs pin
+//! directory and API socket, talking to the harness's Docker engine. Dropping it stops the
+//! daemon, unloads its pinned tracer and removes its files.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{api::capprof_binary, docker::DockerEngine};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A `capprof daemon` child process.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    binary: PathBuf,
+    docker_host: String,
+    work_dir: PathBuf,
+    pin_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl DaemonProcess {
+    /// Starts a daemon and waits until its API answers. Panics with the daemon's log otherwise.
+    pub fn start(engine: &DockerEngine) -> Self {
+        let binary = capprof_binary()
+            .expect("the capprof binary is built (cargo build -p capprof) or CAPPROF_BIN is set");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let work_dir = std::env::temp_dir().join(format!("capprof-daemon-test-{tag}"));
+        std::fs::create_dir_all(&work_dir).expect("daemon work dir");
+        let mut daemon = Self {
+            binary,
+            docker_host: engine.docker_host().to_owned(),
+            work_dir,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/capprof-test-{tag}")),
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.work_dir.join("capprof.sock")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.work_dir.join("daemon.log")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("daemon log");
+        let child = Command::new(&self.binary)
+            .args(["daemon", "--poll-interval-ms", "200", "--state-dir"])
+            .arg(self.work_dir.join("state"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(self.socket())
+            .env("DOCKER_HOST", &self.docker_host)
+            .env("CAPPROF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start capprof daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("capprof daemon exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("capprof daemon did not answer within 60 s:\n{}", self.log());
+    }
+
+    /// Runs the `capprof` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.binary)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("run the capprof CLI")
+    }
+
+    /// `capprof report TARGET --format json`, or `None` while the daemon knows no such target.
+    pub fn report(&self, target: &str) -> Option<serde_json::Value> {
+        let output = self.cli(&["report", target, "--format", "json"]);
+        if !output.status.success() {
+            return None;
+        }
+        Some(
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+                panic!(
+                    "report {target} is not JSON ({error}): {}",
+                    String::from_utf8_lossy(&output.stdout)
+                )
+            }),
+        )
+    }
+
+    /// Polls the report until `done` accepts it; panics with the last report and the log after
+    /// `timeout` (a guard against hangs, not a measurement).
+    pub fn wait_for_report(
+        &self,
+        target: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(report) = self.report(target) {
+                if done(&report) {
+                    return report;
+                }
+                last = Some(report);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "report {target} never got there; last: {last:#?}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    /// Kills the daemon with SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same state, pins and socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill with a valid pid and signal.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(&self.binary)
+            .arg("unload")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// The `cap_add` names of a JSON report.
+pub fn cap_add(report: &serde_json::Value) -> Vec<String> {
+    report["cap_add"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,255 @@
+//! `capprof daemon` end to end: the real eBPF program, a real Docker engine, the real binary
+//! over its real API socket.
+
+use std::time::Duration;
+
+use capprof_tests::{
+    ci,
+    daemon::{DaemonProcess, cap_add},
+    docker::{ContainerBuilder, engine_or_skip},
+};
+
+/// Generous: these waits guard against hangs; the daemon folds every 200 ms.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Checks of `capability` the report counts as needed (sum of its evidence).
+fn needed_count(report: &serde_json::Value, capability: &str) -> u64 {
+    report["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["name"] == capability)
+        .flat_map(|entry| entry["evidence"].as_array().cloned().unwrap_or_default())
+        .map(|evidence| evidence["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn ignored_classes(report: &serde_json::Value) -> Vec<String> {
+    report["ignored"]
+        .as_object()
+        .map(|groups| groups.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_container_that_chowns_gets_chown_and_nothing_another_did() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start(&engine);
+    let chowner = ContainerBuilder::new(&engine, "chowner")
+        // Each file starts owned by root: one CAP_CHOWN check per chown, on overlayfs too.
+        .command(["sh", "-c", "touch /a /b && chown 1000 /a && chown 1000 /b"])
+        .start()
+        .expect("start chowner");
+    let pinger = ContainerBuilder::new(&engine, "raw-socket")
+        .command(["sh", "-c", "ping -c 1 -W 1 127.0.0.1; true"])
+        .start()
+        .expect("start pinger");
+    chowner.wait().expect("chowner exits");
+    pinger.wait().expect("pinger exits");
+
+    let report = daemon.wait_for_report(chowner.name(), PATIENCE, |report| {
+        cap_add(report) == ["CHOWN"]
+    });
+    assert_eq!(needed_count(&report, "CHOWN"), 2, "{report:#}");
+    assert!(
+        report["denied"].as_array().is_some_and(Vec::is_empty),
+        "{report:#}"
+    );
+    let other = daemon.wait_for_report(pinger.name(), PATIENCE, |report| {
+        cap_add(report) == ["NET_RAW"]
+    });
+    assert_eq!(cap_add(&other), ["NET_RAW"]);
+}
+
+#[test]
+fn two_containers_of_one_compose_service_merge_into_one_profile() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start(&engine);
+    let project = format!("merge{}", std::process::id());
+    let first = ContainerBuilder::new(&engine, "svc-a")
+        .label("com.docker.compose.project", &project)
+        .label("com.docker.compose.service", "web")
+        .command(["sh", "-c", "touch /f && chown 1000 /f"])
+        .start()
+        .expect("first container");
+    let second = ContainerBuilder::new(&engine, "svc-b")
+        .label("com.docker.compose.project", &project)
+        .label("com.docker.compose.service", "web")
+        .option("--sysctl=net.ipv4.ip_unprivileged_port_start=1024")
+        .command(["sh", "-c", "nc -l -p 80 & sleep 0.5; kill %1; true"])
+        .start()
+        .expect("second container");
+    first.wait().expect("first exits");
+    second.wait().expect("second exits");
+
+    let service = format!("{project}/web");
+    let merged = daemon.wait_for_report(&service, PATIENCE, |report| {
+        cap_add(report) == ["CHOWN", "NET_BIND_SERVICE"]
+    });
+    let containers = merged["info"]["containers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert_eq!(
+        containers, 2,
+        "both containers are in the service profile: {merged:#}"
+    );
+    assert_eq!(
+        cap_add(&daemon.report(first.name()).expect("first's own profile")),
+        ["CHOWN"]
+    );
+}
+
+#[test]
+fn a_container_started_before_the_daemon_and_its_docker_exec_are_attributed() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let early = ContainerBuilder::new(&engine, "early")
+        .command([
+            "sh",
+            "-c",
+            "touch /f; while true; do chown 1000 /f; sleep 0.2; done",
+        ])
+        .start()
+        .expect("early container");
+    let daemon = DaemonProcess::start(&engine);
+    daemon.wait_for_report(early.name(), PATIENCE, |report| {
+        cap_add(report) == ["CHOWN"]
+    });
+
+    let exec = early
+        .exec(["sh", "-c", "ping -c 1 -W 1 127.0.0.1; true"])
+        .expect("docker exec");
+    assert!(exec.status.success(), "{exec:?}");
+    let report = daemon.wait_for_report(early.name(), PATIENCE, |report| {
+        cap_add(report) == ["CHOWN", "NET_RAW"]
+    });
+    let comms: Vec<&str> = report["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["name"] == "NET_RAW")
+        .flat_map(|entry| entry["evidence"].as_array().into_iter().flatten())
+        .filter_map(|evidence| evidence["comm"].as_str())
+        .collect();
+    assert_eq!(
+        comms,
+        ["ping"],
+        "the exec'd ping made the check: {report:#}"
+    );
+}
+
+#[test]
+fn a_daemon_killed_and_restarted_loses_nothing_and_counts_checks_made_while_down() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let mut daemon = DaemonProcess::start(&engine);
+    let container = ContainerBuilder::new(&engine, "sigkill")
+        .command(["sleep", "600"])
+        .start()
+        .expect("container");
+    // A fresh root-owned file per chown: exactly one CAP_CHOWN check each.
+    let chown = |file: u32| {
+        let script = format!("touch /f{file} && chown 1000 /f{file}");
+        let output = container
+            .exec(["sh", "-c", &script])
+            .expect("docker exec chown");
+        assert!(output.status.success(), "{output:?}");
+    };
+    for file in [1, 2, 3] {
+        chown(file);
+    }
+    daemon.wait_for_report(container.name(), PATIENCE, |report| {
+        needed_count(report, "CHOWN") == 3
+    });
+
+    daemon.kill();
+    for file in [4, 5] {
+        chown(file);
+    }
+    daemon.restart();
+    let report = daemon.wait_for_report(container.name(), PATIENCE, |report| {
+        needed_count(report, "CHOWN") >= 5
+    });
+    assert_eq!(
+        needed_count(&report, "CHOWN"),
+        5,
+        "three before the kill, two while down: {report:#}"
+    );
+    assert!(
+        daemon.log().contains("resuming the tracer left pinned"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn runtime_setup_is_not_reported_as_a_need() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start(&engine);
+    let idle = ContainerBuilder::new(&engine, "idle")
+        .command(["true"])
+        .start()
+        .expect("idle container");
+    idle.wait().expect("idle exits");
+    let report = daemon.wait_for_report(idle.name(), PATIENCE, |report| {
+        ignored_classes(report).contains(&"runtime-setup".to_owned())
+    });
+    assert!(
+        cap_add(&report).is_empty(),
+        "runc's mounts, hostname and capset are not the app's needs: {report:#}"
+    );
+    assert!(report["total_checks"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn a_removed_container_profile_is_still_readable() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start(&engine);
+    let container = ContainerBuilder::new(&engine, "gone")
+        .command(["sh", "-c", "touch /f && chown 1000 /f"])
+        .start()
+        .expect("container");
+    let name = container.name().to_owned();
+    container.wait().expect("exits");
+    daemon.wait_for_report(&name, PATIENCE, |report| cap_add(report) == ["CHOWN"]);
+    container.remove().expect("docker rm");
+    let report = daemon
+        .report(&name)
+        .expect("the profile outlives the container");
+    assert_eq!(cap_add(&report), ["CHOWN"]);
+    let ps = daemon.cli(&["ps"]);
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains(&name),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
