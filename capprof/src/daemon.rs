@@ -111,6 +111,8 @@ pub struct LiveCheck {
 pub struct DaemonState {
     pub store: Mutex<Store>,
     pub status: RwLock<DaemonStatus>,
+    /// Why the collector stopped, once it has (new checks are then no longer recorded).
+    pub collector_failure: RwLock<Option<String>>,
     pub changes: broadcast::Sender<ProfileChange>,
     pub checks: broadcast::Sender<LiveCheck>,
 }
@@ -186,6 +188,7 @@ impl Daemon {
         let state = Arc::new(DaemonState {
             store: Mutex::new(store),
             status: RwLock::new(status),
+            collector_failure: RwLock::new(None),
             changes: broadcast::channel(1024).0,
             checks: broadcast::channel(4096).0,
         });
@@ -194,7 +197,14 @@ impl Daemon {
             let (state, stop, config) = (state.clone(), stop.clone(), config.clone());
             std::thread::Builder::new()
                 .name("capprof-collector".into())
-                .spawn(move || collect(session, folder, attributor, &state, &stop, &config))
+                .spawn(move || {
+                    let result = collect(session, folder, attributor, &state, &stop, &config);
+                    if let Err(error) = &result {
+                        *state.collector_failure.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(error.to_string());
+                    }
+                    result
+                })
                 .map_err(|error| DaemonError::Collector(error.to_string()))?
         };
         Ok(Self {
