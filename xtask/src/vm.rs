@@ -78,6 +78,10 @@ pub struct VmTestArgs {
     /// (quit QEMU with Ctrl-A x).
     #[arg(long, conflicts_with = "bench")]
     shell: bool,
+
+    /// Arguments for the test binaries, after `--`: a test name filter, `--nocapture`, ...
+    #[arg(last = true, value_name = "TEST ARGS")]
+    test_args: Vec<String>,
 }
 
 /// An attach mode as the guest names it (`CAPPROF_TEST_ATTACH`).
@@ -225,6 +229,15 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         std::fs::metadata(&initramfs)?.len() >> 20
     );
 
+    if let Some(bad) = args
+        .test_args
+        .iter()
+        .find(|arg| arg.is_empty() || arg.contains([',', ' ', '"']))
+    {
+        bail!(
+            "test argument {bad:?} cannot be passed on the kernel command line (no spaces, commas or quotes)"
+        );
+    }
     let wanted: Vec<Mode> = if args.modes.is_empty() {
         Mode::DEFAULT.to_vec()
     } else {
@@ -246,6 +259,7 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
             timeout: Duration::from_secs(args.timeout),
             modes: wanted.iter().map(|mode| mode.name()).collect(),
             bench: args.bench,
+            test_args: args.test_args.clone(),
             log: log_dir.join(format!("{}.log", kernel.label)),
         };
         eprintln!(

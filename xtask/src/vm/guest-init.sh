@@ -5,6 +5,7 @@
 #   capprof.modes=fentry,kprobe,auto[,tracepoint]   attach modes to test, in order
 #   capprof.bench=1                                  measure each mode's cost afterwards
 #   capprof.shell=1                                  start a shell instead
+#   capprof.test_args=a,b                            arguments for the test binaries
 
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/root TMPDIR=/tmp
@@ -44,6 +45,7 @@ if [ "$(parameter capprof.shell)" = 1 ]; then
     poweroff -f
 fi
 
+test_args=$(parameter capprof.test_args | tr , ' ')
 for mode in $(parameter capprof.modes | tr , ' '); do
     if [ "$mode" = tracepoint ] && [ "$tracepoint" = no ]; then
         echo "CAPPROF-VM-RESULT mode=$mode status=skip detail=the kernel has no capability:cap_capable tracepoint (Linux 6.14+)"
@@ -54,7 +56,7 @@ for mode in $(parameter capprof.modes | tr , ' '); do
     for test in /tests/*; do
         echo "--- $test (CAPPROF_TEST_ATTACH=$mode)"
         CI=true CAPPROF_TEST_ATTACH=$mode CAPPROF_TRIGGER=/bin/capprof-trigger RUST_BACKTRACE=1 \
-            "$test"
+            "$test" $test_args
         status=$?
         [ $status = 0 ] || failures="$failures ${test##*/}:exit-$status"
     done

@@ -124,6 +124,8 @@ pub struct GuestSettings {
     pub timeout: Duration,
     pub modes: Vec<&'static str>,
     pub bench: bool,
+    /// Extra arguments for the test binaries.
+    pub test_args: Vec<String>,
     /// The serial console is copied here.
     pub log: PathBuf,
 }
@@ -139,6 +141,9 @@ impl GuestSettings {
         ];
         if self.bench {
             append.push("capprof.bench=1".to_owned());
+        }
+        if !self.test_args.is_empty() {
+            append.push(format!("capprof.test_args={}", self.test_args.join(",")));
         }
         if interactive {
             append.push("capprof.shell=1".to_owned());
