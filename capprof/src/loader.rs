@@ -23,6 +23,15 @@ use crate::{
 /// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
 
+/// capprof's eBPF object, for tools that load some of its programs themselves (the benchmarks'
+/// empty programs).
+pub fn program_object() -> Result<&'static [u8], LoadError> {
+    if PROGRAM_OBJECT.is_empty() {
+        return Err(LoadError::NoProgramObject);
+    }
+    Ok(PROGRAM_OBJECT)
+}
+
 /// How to load the tracer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracerOptions {
@@ -127,9 +136,7 @@ impl std::fmt::Debug for Tracer {
 impl Tracer {
     /// Loads the program and attaches it with the strongest path `options.attach` allows.
     pub fn load(options: &TracerOptions) -> Result<Self, LoadError> {
-        if PROGRAM_OBJECT.is_empty() {
-            return Err(LoadError::NoProgramObject);
-        }
+        let object = program_object()?;
         if !options.events_bytes.is_power_of_two() || options.events_bytes < 4096 {
             return Err(LoadError::BadRingBufferSize(options.events_bytes));
         }
@@ -170,7 +177,7 @@ impl Tracer {
             )
             .override_global(globals::CAP_CAPABLE_ABI, &cabi, true)
             .map_max_entries(EVENTS_MAP, options.events_bytes)
-            .load(PROGRAM_OBJECT)
+            .load(object)
             .map_err(|source| LoadError::Object {
                 source: Box::new(source),
             })?;
