@@ -174,7 +174,7 @@ impl KernelRun {
             failures.push(problem.clone());
         }
         for &mode in &self.wanted {
-            match self.report.modes.get(&mode.name().to_owned()) {
+            match self.report.modes.get(mode.name()) {
                 Some(result) => match &result.status {
                     ModeStatus::Pass => {}
                     // Only the tracepoint is optional: the others are what this test proves.
@@ -189,6 +189,11 @@ impl KernelRun {
         }
         if self.report.bench_requested && self.report.bench.is_empty() {
             failures.push("bench: no measurement was reported".to_owned());
+        }
+        for line in &self.report.bench {
+            if line.contains("status=fail") {
+                failures.push(format!("bench failed: {line}"));
+            }
         }
         failures
     }
@@ -221,7 +226,7 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         )?);
     }
 
-    let binaries = artifacts::build(&workspace, args.bench)?;
+    let binaries = artifacts::build(&workspace)?;
     let initramfs = initramfs::build(&binaries, &vm_dir)?;
     eprintln!(
         "vm-test: initramfs {} ({} MiB)",
@@ -325,7 +330,7 @@ fn print_summary(run: &KernelRun) {
         println!("    kernel offers: {offers}");
     }
     for mode in &run.wanted {
-        let line = match run.report.modes.get(&mode.name().to_owned()) {
+        let line = match run.report.modes.get(mode.name()) {
             Some(result) => {
                 let seconds = result
                     .elapsed
@@ -342,9 +347,32 @@ fn print_summary(run: &KernelRun) {
         println!("    {:<11} {line}", mode.name());
     }
     for bench in &run.report.bench {
-        println!("    bench {bench}");
+        println!("    bench {}", describe_bench(bench));
     }
     if let Some(problem) = &run.report.problem {
         println!("    problem: {problem}");
+    }
+}
+
+/// `mode=fentry status=pass none_ns=.. empty_added_ns=.. capprof_added_ns=.. ratio=..` in words.
+fn describe_bench(line: &str) -> String {
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("?")
+    };
+    match field("status") {
+        "pass" => format!(
+            "{:<10} {} ns per check bare, empty program +{} ns, capprof +{} ns (noise {} ns): \
+             capprof adds {}x what an empty program on the same hook adds",
+            field("mode"),
+            field("none_ns"),
+            field("empty_added_ns"),
+            field("capprof_added_ns"),
+            field("noise_ns"),
+            field("ratio"),
+        ),
+        "skip" => format!("{:<10} not offered by this kernel", field("mode")),
+        _ => format!("{:<10} FAILED: {line}", field("mode")),
     }
 }

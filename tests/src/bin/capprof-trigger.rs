@@ -245,7 +245,7 @@ fn run(operation: Operation, iteration: u32, prepared: &Prepared, expect_denied:
     unsafe {
         match operation {
             Operation::Chown => {
-                let uid = if iteration % 2 == 0 { 2000 } else { 1000 };
+                let uid = if iteration.is_multiple_of(2) { 2000 } else { 1000 };
                 let result = libc::syscall(
                     libc::SYS_fchownat,
                     libc::AT_FDCWD,

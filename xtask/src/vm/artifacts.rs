@@ -1,5 +1,5 @@
 //! The guest's programs: the tracer's integration tests, the trigger they run, the `capprof`
-//! binary and, for `--bench`, the benchmark driver, all linked statically so that the initramfs
+//! binary and, for `--bench`, the probe that measures each attach mode, all linked statically so that the initramfs
 //! needs no libraries.
 //!
 //! The musl target is not available on our machines, so this links glibc statically
@@ -23,19 +23,20 @@ const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub const GUEST_TEST_TARGETS: &[&str] = &["tracer"];
 /// The trigger the tests run; they find it through `CAPPROF_TRIGGER`.
 const TRIGGER: &str = "capprof-trigger";
-const BENCH: &str = "capprof-bench";
+/// Measures each attach mode against an empty program for `--bench`.
+const BENCH_PROBE: &str = "capprof-vm-probe";
 
 /// Statically linked executables for the guest.
 #[derive(Debug)]
 pub struct GuestBinaries {
     /// (test target name, executable).
     pub tests: Vec<(String, PathBuf)>,
-    /// Other binaries by name: the trigger, `capprof`, and the bench driver when it exists.
+    /// Other binaries by name: the trigger, `capprof`, the bench probe.
     pub programs: Vec<(String, PathBuf)>,
 }
 
 /// Builds the guest's programs in `<target>/vm/cargo`.
-pub fn build(workspace: &Workspace, bench: bool) -> anyhow::Result<GuestBinaries> {
+pub fn build(workspace: &Workspace) -> anyhow::Result<GuestBinaries> {
     let target_dir = workspace.vm_dir().join("cargo");
     eprintln!(
         "vm-test: building static test binaries in {}",
@@ -74,13 +75,10 @@ pub fn build(workspace: &Workspace, bench: bool) -> anyhow::Result<GuestBinaries
             bail!("cargo built no `{target}` test executable of capprof-tests");
         }
     }
-    for name in [TRIGGER, "capprof"] {
+    for name in [TRIGGER, "capprof", BENCH_PROBE] {
         if !programs.iter().any(|(program, _)| program == name) {
             bail!("cargo built no `{name}` binary");
         }
-    }
-    if bench && !programs.iter().any(|(program, _)| program == BENCH) {
-        bail!("--bench needs the `{BENCH}` binary of capprof-tests, which this tree does not have");
     }
     for (name, path) in tests.iter().chain(&programs) {
         if !is_static_executable(path)? {

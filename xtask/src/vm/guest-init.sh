@@ -67,5 +67,23 @@ for mode in $(parameter capprof.modes | tr , ' '); do
     fi
 done
 
+if [ "$(parameter capprof.bench)" = 1 ]; then
+    for mode in $(parameter capprof.modes | tr , ' '); do
+        case "$mode" in
+            fentry) offered=$fentry ;;
+            kprobe) offered=$kprobe ;;
+            tracepoint) offered=$tracepoint ;;
+            *) continue ;; # auto measures one of the others again
+        esac
+        if [ "$offered" != yes ]; then
+            echo "CAPPROF-VM-BENCH mode=$mode status=skip"
+        elif result=$(/bin/capprof-vm-probe --mode "$mode"); then
+            echo "CAPPROF-VM-BENCH mode=$mode status=pass $result"
+        else
+            echo "CAPPROF-VM-BENCH mode=$mode status=fail $result"
+        fi
+    done
+fi
+
 echo "CAPPROF-VM-DONE"
 poweroff -f
