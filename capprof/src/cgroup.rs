@@ -117,6 +117,81 @@ pub fn of_pid(pid: u32) -> Result<(PathBuf, u64), CgroupError> {
     Ok((directory, id))
 }
 
+/// A v2 cgroup directory capprof created, removed again on drop.
+#[derive(Debug)]
+pub struct OwnedCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl OwnedCgroup {
+    /// Creates `name` directly under the v2 mount.
+    pub fn create(name: &str) -> Result<Self, CgroupError> {
+        let path = unified_mount()?.join(name);
+        std::fs::create_dir(&path).map_err(|source| CgroupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let id = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata.ino(),
+            Err(source) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(CgroupError::Io { path, source });
+            }
+        };
+        Ok(Self { path, id })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The id the kernel reports for tasks in this cgroup.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The `cgroup.procs` file: writing "0" to it moves the writer into the cgroup.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for OwnedCgroup {
+    fn drop(&mut self) {
+        // A cgroup can be removed once its last task has been reaped, which may lag a moment.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        tracing::warn!(path = %self.path.display(), "could not remove a cgroup capprof created");
+    }
+}
+
+/// The directory of the v2 cgroup with this id, searched under the v2 mount (ids are inode
+/// numbers, so only a walk finds them). `None` once the cgroup is gone.
+pub fn path_of_id(id: u64) -> Option<PathBuf> {
+    let mount = unified_mount().ok()?;
+    find_inode(&mount, id, 8)
+}
+
+fn find_inode(directory: &Path, id: u64, depth: u32) -> Option<PathBuf> {
+    if std::fs::metadata(directory).ok()?.ino() == id {
+        return Some(directory.to_path_buf());
+    }
+    if depth == 0 {
+        return None;
+    }
+    std::fs::read_dir(directory)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .find_map(|entry| find_inode(&entry.path(), id, depth - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +244,7 @@ mod tests {
             Ok((directory, id)) => {
                 assert!(directory.is_dir(), "{}", directory.display());
                 assert!(id >= ROOT_CGROUP_ID);
+                assert_eq!(path_of_id(id), Some(directory));
             }
             Err(CgroupError::NoUnifiedHierarchy) => {
                 crate::test_support::skip_unless_ci("no cgroup v2 mount")

@@ -109,6 +109,11 @@ impl CheckRecord {
         self.key.flags & check_flags::FOREIGN_CRED != 0
     }
 
+    /// Made by a container runtime's init before the entrypoint ran.
+    pub fn runtime_init(&self) -> bool {
+        self.key.flags & check_flags::RUNTIME_INIT != 0
+    }
+
     /// The checked credentials' effective uid is not 0.
     pub fn nonroot_euid(&self) -> bool {
         self.key.flags & check_flags::NONROOT_EUID != 0
@@ -231,6 +236,11 @@ impl CheckTable {
     /// Every record, ordered by key.
     pub fn records(&self) -> impl Iterator<Item = &CheckRecord> {
         self.records.values()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&mut self, record: CheckRecord) {
+        self.records.insert(record.key, record);
     }
 
     /// The program's counters as of the last collection.

@@ -93,9 +93,8 @@ impl std::fmt::Debug for KernelCollector {
 impl KernelCollector {
     /// Takes the maps out of a freshly loaded tracer. Call once per tracer.
     pub fn new(tracer: &mut Tracer) -> Result<Self, CollectError> {
-        let ebpf = tracer.ebpf_mut();
         let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(CollectError::MissingMap(name));
+            |name: &'static str| tracer.take_map(name).ok_or(CollectError::MissingMap(name));
         let map_error = |map: &'static str| move |source| CollectError::Map { map, source };
         let counts = take(CHECK_COUNTS_MAP)?;
         let events = take(EVENTS_MAP)?;

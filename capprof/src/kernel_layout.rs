@@ -12,6 +12,7 @@ use crate::btf::{Btf, BtfError};
 pub struct KernelLayout {
     pub task_real_cred_offset: u32,
     pub task_flags_offset: u32,
+    pub task_comm_offset: u32,
     pub cred_euid_offset: u32,
     pub pt_regs_syscall_nr_offset: u32,
     pub cap_capable_abi: CapCapableAbi,
@@ -33,6 +34,7 @@ impl KernelLayout {
         Ok(Self {
             task_real_cred_offset: btf.member_offset("task_struct", "real_cred")?,
             task_flags_offset: btf.member_offset("task_struct", "flags")?,
+            task_comm_offset: btf.member_offset("task_struct", "comm")?,
             cred_euid_offset: btf.member_offset("cred", "euid")?,
             pt_regs_syscall_nr_offset: btf.member_offset("pt_regs", PT_REGS_SYSCALL_NR)?,
             cap_capable_abi: cap_capable_abi(btf)?,

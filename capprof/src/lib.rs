@@ -4,15 +4,26 @@
 //! shells over it.
 
 pub mod attach;
+pub mod baseline;
+pub mod bpffs;
 pub mod btf;
 pub mod capability;
 pub mod cgroup;
 pub mod checks;
+pub mod classify;
 pub mod collector;
+pub mod compose;
+pub mod daemon;
+pub mod fold;
 pub mod kallsyms;
 pub mod kernel_layout;
 pub mod loader;
 pub mod privileges;
+pub mod profile;
+pub mod recommend;
+pub mod store;
+pub mod trace;
+pub mod trace_output;
 
 #[cfg(test)]
 pub(crate) mod test_support {

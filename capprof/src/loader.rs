@@ -5,13 +5,17 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
+    maps::{Map, MapData},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError, links::FdLink},
 };
+use std::path::{Path, PathBuf};
+
 use capprof_common::{
-    EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION, KPROBE_PROGRAM, KRETPROBE_PROGRAM,
-    TRACEPOINT_PROGRAM, globals,
+    CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION,
+    KERNEL_STACKS_MAP, KPROBE_PROGRAM, KRETPROBE_PROGRAM, PENDING_CHECKS_MAP, TRACEPOINT_PROGRAM,
+    globals,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     attach::{AttachChoice, AttachMode, AttachRequest, KernelHooks, SkippedMode},
@@ -22,15 +26,6 @@ use crate::{
 
 /// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capprof"));
-
-/// capprof's eBPF object, for tools that load some of its programs themselves (the benchmarks'
-/// empty programs).
-pub fn program_object() -> Result<&'static [u8], LoadError> {
-    if PROGRAM_OBJECT.is_empty() {
-        return Err(LoadError::NoProgramObject);
-    }
-    Ok(PROGRAM_OBJECT)
-}
 
 /// How to load the tracer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +71,10 @@ pub enum LoadError {
         requested: AttachRequest,
         attempts: Vec<SkippedMode>,
     },
+    #[error(
+        "cannot keep the tracer pinned at {path}: {message} (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)"
+    )]
+    Pin { path: PathBuf, message: String },
     #[error("the event ring buffer size {0} is not a power of two of at least 4096 bytes")]
     BadRingBufferSize(u32),
 }
@@ -117,8 +116,17 @@ fn forced_name(request: AttachRequest) -> &'static str {
 }
 
 /// capprof's eBPF program, loaded and attached.
+///
+/// Either loaded by this process ([`Tracer::load`]), or found pinned in bpffs where an earlier
+/// daemon left it running ([`Tracer::load_pinned`]). Dropping it detaches the program unless its
+/// links are pinned.
 pub struct Tracer {
-    ebpf: Ebpf,
+    /// The object, when this process loaded it.
+    ebpf: Option<Ebpf>,
+    /// Links not pinned: they keep the program attached while this process lives.
+    links: Vec<NamedLink>,
+    /// Maps opened from bpffs pins, when resumed.
+    pinned_maps: Vec<(&'static str, MapData)>,
     choice: AttachChoice,
     layout: KernelLayout,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -140,23 +148,12 @@ impl Tracer {
         if !options.events_bytes.is_power_of_two() || options.events_bytes < 4096 {
             return Err(LoadError::BadRingBufferSize(options.events_bytes));
         }
-        let missing = privileges::effective_capabilities()
-            .map(privileges::missing_for_tracing)
-            .unwrap_or_default();
-        if !missing.is_empty() {
-            return Err(LoadError::MissingPrivileges { missing });
-        }
-        raise_memlock_limit();
+        prepare_process()?;
 
         let btf = Btf::from_kernel()?;
         let layout = KernelLayout::from_btf(&btf)?;
         let hooks = KernelHooks::probe(&btf);
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|source| {
-            LoadError::Btf(BtfError::Read {
-                path: crate::btf::VMLINUX_BTF.to_owned(),
-                source: std::io::Error::other(source.to_string()),
-            })
-        })?;
+        let aya_btf = kernel_btf_for_aya()?;
 
         let cabi = layout.cap_capable_abi as u32;
         let cgroup_id = options.cgroup_id.unwrap_or(0);
@@ -169,6 +166,7 @@ impl Tracer {
                 true,
             )
             .override_global(globals::TASK_FLAGS_OFFSET, &layout.task_flags_offset, true)
+            .override_global(globals::TASK_COMM_OFFSET, &layout.task_comm_offset, true)
             .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid_offset, true)
             .override_global(
                 globals::PT_REGS_SYSCALL_NR_OFFSET,
@@ -178,9 +176,7 @@ impl Tracer {
             .override_global(globals::CAP_CAPABLE_ABI, &cabi, true)
             .map_max_entries(EVENTS_MAP, options.events_bytes)
             .load(object)
-            .map_err(|source| LoadError::Object {
-                source: Box::new(source),
-            })?;
+            .map_err(object_error)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -197,11 +193,13 @@ impl Tracer {
                 continue;
             }
             match attach(&mut ebpf, &aya_btf, mode) {
-                Ok(()) => {
+                Ok(links) => {
                     let choice = AttachChoice { mode, skipped };
                     info!(mode = %choice.mode, "tracing cap_capable with {}", choice.explain());
                     return Ok(Self {
-                        ebpf,
+                        ebpf: Some(ebpf),
+                        links,
+                        pinned_maps: Vec::new(),
                         choice,
                         layout,
                         logger,
@@ -209,7 +207,7 @@ impl Tracer {
                 }
                 Err(error) => {
                     let reason = describe_program_error(&error);
-                    warn!(%mode, %reason, "attach path unavailable");
+                    debug!(%mode, %reason, "attach path unavailable");
                     skipped.push(SkippedMode { mode, reason });
                 }
             }
@@ -230,9 +228,116 @@ impl Tracer {
         self.layout
     }
 
-    /// The loaded object, for the collector to take its maps from.
-    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Hands a map to the collector; each map can be taken once.
+    pub(crate) fn take_map(&mut self, name: &str) -> Option<Map> {
+        if let Some(ebpf) = &mut self.ebpf {
+            return ebpf.take_map(name);
+        }
+        let index = self
+            .pinned_maps
+            .iter()
+            .position(|(pinned, _)| *pinned == name)?;
+        let (name, data) = self.pinned_maps.swap_remove(index);
+        Some(match name {
+            CHECK_COUNTS_MAP => Map::PerCpuHashMap(data),
+            EVENTS_MAP => Map::RingBuf(data),
+            KERNEL_STACKS_MAP => Map::StackTraceMap(data),
+            COUNTERS_MAP => Map::PerCpuArray(data),
+            _ => Map::HashMap(data),
+        })
+    }
+
+    /// Whether this tracer was found running in bpffs rather than loaded now.
+    pub fn is_resumed(&self) -> bool {
+        self.ebpf.is_none()
+    }
+
+    /// Loads the tracer host-wide and pins its maps and links under `pin_root`, or resumes the
+    /// one an earlier process pinned there, so that checks made while no process reads the maps
+    /// are still counted. Only the same eBPF object (and ring-buffer size) is resumed: pins of
+    /// other builds are removed.
+    pub fn load_pinned(options: &TracerOptions, pin_root: &Path) -> Result<Self, LoadError> {
+        if options.cgroup_id.is_some() {
+            return Err(LoadError::Pin {
+                path: pin_root.to_owned(),
+                message: "a pinned tracer always traces every cgroup".to_owned(),
+            });
+        }
+        let pin_error = |path: &Path, error: &dyn std::fmt::Display| LoadError::Pin {
+            path: path.to_owned(),
+            message: error.to_string(),
+        };
+        let fingerprint = format!("{:016x}", object_fingerprint(options.events_bytes));
+        let pin_dir = pin_root.join(&fingerprint);
+        std::fs::create_dir_all(pin_root).map_err(|error| pin_error(pin_root, &error))?;
+        remove_stale_pins(pin_root, &fingerprint);
+
+        if let Some(mode) = pinned_mode(&pin_dir) {
+            let mut pinned_maps = Vec::new();
+            for name in PINNED_MAPS {
+                let path = pin_dir.join(name);
+                let data = MapData::from_pin(&path).map_err(|error| pin_error(&path, &error))?;
+                pinned_maps.push((name, data));
+            }
+            let btf = Btf::from_kernel()?;
+            let layout = KernelLayout::from_btf(&btf)?;
+            info!(%mode, dir = %pin_dir.display(), "resuming the tracer left pinned by an earlier daemon");
+            return Ok(Self {
+                ebpf: None,
+                links: Vec::new(),
+                pinned_maps,
+                choice: AttachChoice {
+                    mode,
+                    skipped: Vec::new(),
+                },
+                layout,
+                logger: None,
+            });
+        }
+
+        // Half-written pins from an interrupted start: start over.
+        let _ = remove_pin_dir(&pin_dir);
+        std::fs::create_dir_all(&pin_dir).map_err(|error| pin_error(&pin_dir, &error))?;
+        let mut tracer = Self::load(options)?;
+        let ebpf = tracer.ebpf.as_mut().expect("freshly loaded");
+        for name in PINNED_MAPS {
+            let path = pin_dir.join(name);
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| pin_error(&path, &"missing from the object"))?;
+            map.pin(&path).map_err(|error| pin_error(&path, &error))?;
+        }
+        let mut unpinned = Vec::new();
+        for (name, link) in tracer.links.drain(..) {
+            match link {
+                AttachedLink::Fd(link) => {
+                    let path = pin_dir.join(name);
+                    link.pin(&path).map_err(|error| pin_error(&path, &error))?;
+                }
+                perf @ AttachedLink::PerfEvent(_) => {
+                    tracing::warn!(
+                        "this kernel attaches kprobes through perf events, which cannot be pinned:                          checks made while the daemon is down will not be counted"
+                    );
+                    unpinned.push((name, perf));
+                }
+            }
+        }
+        tracer.links = unpinned;
+        Ok(tracer)
+    }
+
+    /// Detaches a pinned tracer by removing its pins (all builds' pins under `pin_root`).
+    pub fn unpin_all(pin_root: &Path) -> std::io::Result<()> {
+        match std::fs::read_dir(pin_root) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    remove_pin_dir(&entry.path())?;
+                }
+                std::fs::remove_dir(pin_root)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Forwards the program's diagnostics (aya-log) to `tracing`.
@@ -243,20 +348,160 @@ impl Tracer {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, mode: AttachMode) -> Result<(), ProgramError> {
+/// The embedded eBPF object, or why this build has none.
+pub(crate) fn program_object() -> Result<&'static [u8], LoadError> {
+    if PROGRAM_OBJECT.is_empty() {
+        return Err(LoadError::NoProgramObject);
+    }
+    Ok(PROGRAM_OBJECT)
+}
+
+/// Checks that this process may load tracing programs and lifts the memlock limit.
+pub(crate) fn prepare_process() -> Result<(), LoadError> {
+    let missing = privileges::effective_capabilities()
+        .map(privileges::missing_for_tracing)
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingPrivileges { missing });
+    }
+    raise_memlock_limit();
+    Ok(())
+}
+
+/// The kernel's BTF in aya's form, for loading and for `tp_btf`/`fexit` attach targets.
+pub(crate) fn kernel_btf_for_aya() -> Result<aya::Btf, LoadError> {
+    aya::Btf::from_sys_fs().map_err(|source| {
+        LoadError::Btf(BtfError::Read {
+            path: crate::btf::VMLINUX_BTF.to_owned(),
+            source: std::io::Error::other(source.to_string()),
+        })
+    })
+}
+
+pub(crate) fn object_error(source: aya::EbpfError) -> LoadError {
+    LoadError::Object {
+        source: Box::new(source),
+    }
+}
+
+/// Loads the `tp_btf` program `name` on the `cap_capable` tracepoint, attaches it and hands its
+/// link over; unloads the program again when attaching fails.
+pub(crate) fn attach_cap_capable_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    name: &str,
+) -> Result<FdLink, ProgramError> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+    program.load(HOOKED_FUNCTION, btf)?;
+    match program.attach().and_then(|id| program.take_link(id)) {
+        Ok(link) => Ok(FdLink::from(link)),
+        Err(error) => {
+            let _ = program.unload();
+            Err(error)
+        }
+    }
+}
+
+/// The maps a pinned tracer keeps in bpffs, by their names in the object.
+const PINNED_MAPS: [&str; 6] = [
+    CHECK_COUNTS_MAP,
+    CALL_SITES_MAP,
+    KERNEL_STACKS_MAP,
+    EVENTS_MAP,
+    COUNTERS_MAP,
+    PENDING_CHECKS_MAP,
+];
+
+/// A stable hash (FNV-1a) of what must match for pinned state to be reused.
+fn object_fingerprint(events_bytes: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in PROGRAM_OBJECT.iter().chain(&events_bytes.to_le_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The attach mode of a pinned tracer, read from its link pins' names.
+fn pinned_mode(pin_dir: &Path) -> Option<AttachMode> {
+    let has = |name: &str| pin_dir.join(name).exists();
+    if has("link-fentry") {
+        Some(AttachMode::Fentry)
+    } else if has("link-kprobe-entry") && has("link-kprobe-return") {
+        Some(AttachMode::Kprobe)
+    } else if has("link-tracepoint") {
+        Some(AttachMode::Tracepoint)
+    } else {
+        None
+    }
+}
+
+fn remove_stale_pins(pin_root: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(pin_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() != current {
+            tracing::warn!(dir = %entry.path().display(), "removing the pins of another capprof build");
+            let _ = remove_pin_dir(&entry.path());
+        }
+    }
+}
+
+/// Removes a directory of pins: bpffs files are unlinked one by one.
+fn remove_pin_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())?;
+            }
+            std::fs::remove_dir(dir)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// An attached program's link, named for its pin file.
+type NamedLink = (&'static str, AttachedLink);
+
+/// A link that keeps a program attached while it lives.
+#[derive(Debug)]
+enum AttachedLink {
+    /// A BPF link: can be pinned to outlive the process.
+    Fd(FdLink),
+    /// A kprobe attached through a perf event (kernels before 5.15): dies with the process.
+    PerfEvent(
+        #[allow(dead_code, reason = "held only to keep the kprobe attached")]
+        aya::programs::kprobe::KProbeLink,
+    ),
+}
+
+/// Attaches `mode`'s programs and hands their links over, so that they can be pinned.
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    mode: AttachMode,
+) -> Result<Vec<NamedLink>, ProgramError> {
     match mode {
         AttachMode::Fentry => {
             let program: &mut FExit = program(ebpf, FEXIT_PROGRAM)?.try_into()?;
             program.load(HOOKED_FUNCTION, btf)?;
-            if let Err(error) = program.attach() {
-                let _ = program.unload();
-                return Err(error);
+            match program.attach().and_then(|id| program.take_link(id)) {
+                Ok(link) => Ok(vec![("link-fentry", AttachedLink::Fd(FdLink::from(link)))]),
+                Err(error) => {
+                    let _ = program.unload();
+                    Err(error)
+                }
             }
         }
         AttachMode::Kprobe => {
             // The return probe goes first so that no entry is ever stashed without a reader.
-            let attached = attach_kprobe(ebpf, KRETPROBE_PROGRAM)
-                .and_then(|()| attach_kprobe(ebpf, KPROBE_PROGRAM));
+            let attached =
+                attach_kprobe(ebpf, KRETPROBE_PROGRAM, "link-kprobe-return").and_then(|ret| {
+                    attach_kprobe(ebpf, KPROBE_PROGRAM, "link-kprobe-entry")
+                        .map(|entry| vec![ret, entry])
+                });
             if attached.is_err() {
                 for name in [KPROBE_PROGRAM, KRETPROBE_PROGRAM] {
                     if let Ok(probe) = program(ebpf, name).and_then(<&mut KProbe>::try_from) {
@@ -264,18 +509,17 @@ fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, mode: AttachMode) -> Result<(), Progr
                     }
                 }
             }
-            attached?;
+            attached
         }
-        AttachMode::Tracepoint => {
-            let program: &mut BtfTracePoint = program(ebpf, TRACEPOINT_PROGRAM)?.try_into()?;
-            program.load(HOOKED_FUNCTION, btf)?;
-            if let Err(error) = program.attach() {
-                let _ = program.unload();
-                return Err(error);
-            }
-        }
+        AttachMode::Tracepoint => Ok(vec![(
+            "link-tracepoint",
+            AttachedLink::Fd(attach_cap_capable_tracepoint(
+                ebpf,
+                btf,
+                TRACEPOINT_PROGRAM,
+            )?),
+        )]),
     }
-    Ok(())
 }
 
 fn program<'a>(
@@ -286,15 +530,30 @@ fn program<'a>(
         .ok_or(ProgramError::UnexpectedProgramType)
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, name: &str) -> Result<(), ProgramError> {
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    name: &str,
+    link_name: &'static str,
+) -> Result<NamedLink, ProgramError> {
     let probe: &mut KProbe = program(ebpf, name)?.try_into()?;
     probe.load()?;
-    probe.attach(HOOKED_FUNCTION, 0)?;
-    Ok(())
+    let link = probe
+        .attach(HOOKED_FUNCTION, 0)
+        .and_then(|id| probe.take_link(id))?;
+    let link = if aya::features().bpf_perf_link() {
+        // With perf links (Linux 5.15+) the kprobe's link is a BPF link like the others.
+        AttachedLink::Fd(
+            FdLink::try_from(link)
+                .map_err(|error| ProgramError::IOError(std::io::Error::other(error)))?,
+        )
+    } else {
+        AttachedLink::PerfEvent(link)
+    };
+    Ok((link_name, link))
 }
 
 /// A short reason for a failed load or attach; the verifier log only when the verifier spoke.
-fn describe_program_error(error: &ProgramError) -> String {
+pub(crate) fn describe_program_error(error: &ProgramError) -> String {
     match error {
         ProgramError::LoadError {
             io_error,

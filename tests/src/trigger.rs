@@ -29,6 +29,8 @@ pub struct Trigger<'a> {
     pub operations: &'a [&'a str],
     pub times: u32,
     pub drop_caps: bool,
+    /// A task name for the trigger to take before its operations.
+    pub comm: Option<&'a str>,
 }
 
 impl Trigger<'_> {
@@ -52,6 +54,9 @@ impl Trigger<'_> {
             .arg(self.times.to_string());
         if self.drop_caps {
             command.arg("--drop-caps");
+        }
+        if let Some(comm) = self.comm {
+            command.arg("--comm").arg(comm);
         }
         command.args(self.operations);
         command

@@ -7,13 +7,17 @@ use std::collections::BTreeMap;
 
 use capprof::{
     attach::{AttachMode, AttachRequest},
+    baseline::EmptyProgram,
     checks::{CheckRecord, CheckTable, Opts},
-    collector::{CheckSource, KernelCollector},
-    kallsyms::KernelSymbols,
     loader::{LoadError, Tracer, TracerOptions},
+    trace::{TraceError, TraceSession},
 };
 use capprof_common::Verdict;
-use capprof_tests::{cgroups::TestCgroup, ci, trigger::Trigger};
+use capprof_tests::{
+    cgroups::{self, TestCgroup},
+    ci,
+    trigger::Trigger,
+};
 
 /// The attach path under test.
 fn requested_attach() -> AttachRequest {
@@ -28,15 +32,13 @@ fn requested_attach() -> AttachRequest {
     }
 }
 
-/// A loaded tracer with its collector and table.
+/// A tracing session for one test.
 struct Session {
-    tracer: Tracer,
-    collector: KernelCollector,
-    table: CheckTable,
+    trace: TraceSession,
 }
 
 impl Session {
-    /// Loads the tracer, or returns `None` after [`ci::skip_or_fail`] when this machine cannot.
+    /// Starts tracing, or returns `None` after [`ci::skip_or_fail`] when this machine cannot.
     fn start(options: TracerOptions) -> Option<Self> {
         if !ci::require_root() {
             return None;
@@ -45,33 +47,27 @@ impl Session {
             attach: requested_attach(),
             ..options
         };
-        let mut tracer = match Tracer::load(&options) {
-            Ok(tracer) => tracer,
-            Err(error @ (LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
+        match TraceSession::start(&options) {
+            Ok(trace) => Some(Self { trace }),
+            Err(error @ TraceError::Load(LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
                 ci::skip_or_fail(&format!("the kernel cannot run the tracer: {error}"));
-                return None;
+                None
             }
-            Err(error) => panic!("loading the tracer failed: {error}"),
-        };
-        let collector = KernelCollector::new(&mut tracer).expect("tracer maps");
-        let symbols = KernelSymbols::load().expect("/proc/kallsyms");
-        Some(Self {
-            tracer,
-            collector,
-            table: CheckTable::new(symbols),
-        })
+            Err(error) => panic!("starting the tracer failed: {error}"),
+        }
     }
 
     fn collect(&mut self) {
-        let collection = self.collector.collect().expect("collect");
-        self.table
-            .apply(collection, &mut self.collector)
-            .expect("apply");
+        self.trace.poll().expect("poll the tracer");
+    }
+
+    fn table(&self) -> &CheckTable {
+        self.trace.table()
     }
 
     /// The records of one cgroup, by (capability, verdict, syscall).
     fn checks_in(&self, cgroup: &TestCgroup) -> BTreeMap<(String, Verdict, String), &CheckRecord> {
-        self.table
+        self.table()
             .records()
             .filter(|record| record.cgroup_id() == cgroup.id())
             .map(|record| {
@@ -109,7 +105,7 @@ const ALL_OPERATIONS: &[&str] = &["chown", "sethostname", "raw-icmp", "nice", "b
 
 #[test]
 fn granted_checks_are_counted_exactly_in_their_cgroup() {
-    let cgroup = TestCgroup::create("granted");
+    let cgroup = cgroups::create("granted");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -120,6 +116,7 @@ fn granted_checks_are_counted_exactly_in_their_cgroup() {
         operations: ALL_OPERATIONS,
         times: 5,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -134,13 +131,13 @@ fn granted_checks_are_counted_exactly_in_their_cgroup() {
             ("CAP_SYS_NICE", Granted, "setpriority", 5),
         ])
     );
-    let counters = session.table.counters();
+    let counters = session.table().counters();
     assert_eq!(counters.checks_dropped, 0, "{counters:?}");
 }
 
 #[test]
 fn checks_are_denied_after_dropping_capabilities() {
-    let cgroup = TestCgroup::create("denied");
+    let cgroup = cgroups::create("denied");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -151,6 +148,7 @@ fn checks_are_denied_after_dropping_capabilities() {
         operations: ALL_OPERATIONS,
         times: 3,
         drop_caps: true,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -169,10 +167,7 @@ fn checks_are_denied_after_dropping_capabilities() {
 
 #[test]
 fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
-    let (chowner, hostnamer) = (
-        TestCgroup::create("chowner"),
-        TestCgroup::create("hostnamer"),
-    );
+    let (chowner, hostnamer) = (cgroups::create("chowner"), cgroups::create("hostnamer"));
     let Some(mut session) = Session::start(TracerOptions::default()) else {
         return;
     };
@@ -180,12 +175,14 @@ fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
         operations: &["chown"],
         times: 4,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&chowner);
     Trigger {
         operations: &["sethostname"],
         times: 6,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&hostnamer);
     session.collect();
@@ -202,10 +199,7 @@ fn a_process_in_another_cgroup_is_not_attributed_to_this_one() {
 
 #[test]
 fn the_in_kernel_cgroup_filter_counts_nothing_else() {
-    let (watched, other) = (
-        TestCgroup::create("watched"),
-        TestCgroup::create("unwatched"),
-    );
+    let (watched, other) = (cgroups::create("watched"), cgroups::create("unwatched"));
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(watched.id()),
         ..Default::default()
@@ -216,17 +210,19 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
         operations: &["raw-icmp"],
         times: 2,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&other);
     Trigger {
         operations: &["nice"],
         times: 3,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&watched);
     session.collect();
     let cgroups: Vec<u64> = session
-        .table
+        .table()
         .records()
         .map(|record| record.cgroup_id())
         .collect();
@@ -243,7 +239,7 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
 
 #[test]
 fn stacks_name_the_kernel_functions_that_checked() {
-    let cgroup = TestCgroup::create("stacks");
+    let cgroup = cgroups::create("stacks");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -254,6 +250,7 @@ fn stacks_name_the_kernel_functions_that_checked() {
         operations: ALL_OPERATIONS,
         times: 1,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -300,7 +297,7 @@ fn stacks_name_the_kernel_functions_that_checked() {
 
 #[test]
 fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
-    let cgroup = TestCgroup::create("mmap");
+    let cgroup = cgroups::create("mmap");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -311,11 +308,12 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
         operations: &["mmap"],
         times: 4,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
     let checks = session.checks_in(&cgroup);
-    let mode = session.tracer.attach_choice().mode;
+    let mode = session.trace.attach_choice().mode;
     let key = (
         "CAP_SYS_ADMIN".to_owned(),
         Verdict::Granted,
@@ -349,7 +347,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
 
 #[test]
 fn silent_seccomp_probe_has_its_opts_observed_where_the_path_sees_them() {
-    let cgroup = TestCgroup::create("seccomp");
+    let cgroup = cgroups::create("seccomp");
     let Some(mut session) = Session::start(TracerOptions {
         cgroup_id: Some(cgroup.id()),
         ..Default::default()
@@ -360,6 +358,7 @@ fn silent_seccomp_probe_has_its_opts_observed_where_the_path_sees_them() {
         operations: &["seccomp"],
         times: 4,
         drop_caps: false,
+        comm: None,
     }
     .run_in(&cgroup);
     session.collect();
@@ -396,7 +395,7 @@ fn silent_seccomp_probe_has_its_opts_observed_where_the_path_sees_them() {
         "{:?}",
         from_seccomp.stack
     );
-    assert_opts_match_the_path(record, session.tracer.attach_choice().mode);
+    assert_opts_match_the_path(record, session.trace.attach_choice().mode);
 }
 
 /// A silent (`CAP_OPT_NOAUDIT`) check: fexit and kprobes see the flag, the tracepoint cannot.
@@ -417,7 +416,7 @@ fn assert_opts_match_the_path(record: &CheckRecord, mode: AttachMode) {
 
 #[test]
 fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
-    let cgroups: Vec<TestCgroup> = (0..80).map(|_| TestCgroup::create("flood")).collect();
+    let cgroups: Vec<TestCgroup> = (0..80).map(|_| cgroups::create("flood")).collect();
     let Some(mut session) = Session::start(TracerOptions {
         events_bytes: 4096,
         ..Default::default()
@@ -429,12 +428,13 @@ fn counts_stay_exact_when_the_event_ring_buffer_overflows() {
             operations: &["chown"],
             times: 3,
             drop_caps: false,
+            comm: None,
         }
         .run_in(cgroup);
     }
     // One read at the end: the 4 KiB ring buffer holds about 46 events, and 80 are due.
     session.collect();
-    let counters = session.table.counters();
+    let counters = session.table().counters();
     assert!(
         counters.events_lost > 0,
         "the ring buffer should have overflowed: {counters:?}"
@@ -467,7 +467,7 @@ fn the_chosen_attach_path_follows_the_ladder() {
     let Some(session) = Session::start(TracerOptions::default()) else {
         return;
     };
-    let choice = session.tracer.attach_choice();
+    let choice = session.trace.attach_choice();
     let candidates = requested_attach().candidates();
     let position = candidates
         .iter()
@@ -515,5 +515,75 @@ fn a_forced_mode_the_kernel_lacks_names_the_missing_feature() {
     assert!(
         unavailable < AttachMode::LADDER.len(),
         "at least one mode must load"
+    );
+}
+
+#[test]
+fn checks_made_by_a_runtime_init_are_flagged() {
+    let cgroup = cgroups::create("runtime-init");
+    let Some(mut session) = Session::start(TracerOptions {
+        cgroup_id: Some(cgroup.id()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    Trigger {
+        operations: &["chown"],
+        times: 2,
+        drop_caps: false,
+        comm: Some("runc:[2:INIT]"),
+    }
+    .run_in(&cgroup);
+    Trigger {
+        operations: &["chown"],
+        times: 3,
+        drop_caps: false,
+        comm: Some("runcible"),
+    }
+    .run_in(&cgroup);
+    session.collect();
+    let chowns: Vec<(bool, u64)> = session
+        .table()
+        .records()
+        .filter(|record| record.cgroup_id() == cgroup.id())
+        .map(|record| (record.runtime_init(), record.count))
+        .collect();
+    assert_eq!(chowns.len(), 2, "{chowns:?}");
+    assert!(
+        chowns.contains(&(true, 2)),
+        "runc:[2:INIT] is the runtime: {chowns:?}"
+    );
+    assert!(chowns.contains(&(false, 3)), "runcible is not: {chowns:?}");
+}
+
+#[test]
+fn the_benchmark_floor_attaches_on_the_path_under_test() {
+    let Some(session) = Session::start(TracerOptions::default()) else {
+        return;
+    };
+    let mode = session.trace.attach_choice().mode;
+    drop(session);
+    let links_to = |program_id: u32| {
+        aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|link| link.program_id() == program_id)
+            .count()
+    };
+    let empty = EmptyProgram::attach_to(mode).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(empty.mode(), mode);
+    let id = empty.program_id();
+    // Before Linux 5.15 a kprobe hangs on a perf event, not on a BPF link the kernel lists.
+    if mode != AttachMode::Kprobe || aya::features().bpf_perf_link() {
+        assert_eq!(
+            links_to(id),
+            1,
+            "{mode}: program {id} is attached by one link"
+        );
+    }
+    drop(empty);
+    assert_eq!(
+        links_to(id),
+        0,
+        "{mode}: program {id} is detached after drop"
     );
 }

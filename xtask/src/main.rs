@@ -1,11 +1,28 @@
-//! capprof's developer tasks: `cargo xtask <task>`.
+//! capprof's developer tasks, run as `cargo xtask <task>`.
+//!
+//! xtask never links the `capprof` crate: `setup` has to work before the eBPF toolchain exists,
+//! so everything else is driven as processes.
 
+mod bench;
+mod mounts;
+mod packages;
+mod process;
+mod setup;
+mod stats;
+mod suite;
 mod vm;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(about = "capprof's developer tasks", long_about = None)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "capprof's developer tasks.",
+    long_about = "capprof's developer tasks.\n\nStart with `cargo xtask setup` on a new machine; \
+                  `cargo xtask test` runs everything CI runs."
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -13,13 +30,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Boots real kernels (Debian's 6.1 by default) under QEMU and runs the tracer's integration
-    /// tests there once per attach mode.
+    /// Check and install what building and testing capprof needs: Debian packages, bpf-linker,
+    /// kernel features; then build capprof and run `capprof doctor`. Safe to repeat.
+    Setup(setup::SetupOptions),
+    /// Measure what capprof adds to each capability check, next to no program, an empty program
+    /// and bpftrace (needs root).
+    Bench(bench::BenchOptions),
+    /// Run the whole test suite as CI does: setup, cargo test, clippy, rustfmt, and the VM tests.
+    /// Set CI=true to turn skipped tests into failures.
+    Test(suite::TestOptions),
+    /// Boot real kernels (Debian 12's 6.1 by default) under QEMU and run the tracer's integration
+    /// tests there once per attach mode: the fentry and kprobe paths this kernel may lack.
     VmTest(vm::VmTestArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
-        Task::VmTest(args) => vm::run(args),
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let workspace = workspace::Workspace::locate();
+    let outcome = match cli.task {
+        Task::Setup(options) => setup::run(&workspace, options),
+        Task::Bench(options) => bench::run(&workspace, &options),
+        Task::Test(options) => suite::run(suite::plan(&workspace, options)),
+        Task::VmTest(args) => vm::run(&workspace, args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of causes is the message; a backtrace of xtask itself helps nobody.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

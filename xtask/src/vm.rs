@@ -17,7 +17,7 @@ mod qemu;
 
 use std::{
     fmt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -27,6 +27,7 @@ use self::{
     debian::Kernel,
     qemu::{Accel, AccelChoice, GuestReport, ModeStatus},
 };
+use crate::workspace::Workspace;
 
 /// `cargo xtask vm-test` options.
 #[derive(Debug, clap::Args)]
@@ -84,6 +85,26 @@ pub struct VmTestArgs {
     test_args: Vec<String>,
 }
 
+/// The Debian kernels `cargo xtask test` (and so CI) boots: Debian 12's own 6.1 and the 6.12 it
+/// ships through bookworm-security, both without the cap_capable tracepoint.
+pub const CI_DEBIAN_KERNELS: [&str; 2] = ["6.1", "6.12"];
+
+impl VmTestArgs {
+    /// The command line's defaults, on the given Debian kernels.
+    pub fn debian(versions: &[&str]) -> Self {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: VmTestArgs,
+        }
+        let mut words = vec!["vm-test"];
+        for version in versions {
+            words.extend(["--debian-kernel", version]);
+        }
+        <Command as clap::Parser>::parse_from(words).args
+    }
+}
+
 /// An attach mode as the guest names it (`CAPPROF_TEST_ATTACH`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -112,49 +133,9 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Where the workspace and cargo's target directory are.
-#[derive(Debug)]
-struct Workspace {
-    root: PathBuf,
-    target_dir: PathBuf,
-    cargo: PathBuf,
-}
-
-impl Workspace {
-    fn locate() -> anyhow::Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask lives one level below the workspace root")?
-            .to_path_buf();
-        // `cargo run` names the cargo that started it; the same toolchain builds the guest.
-        let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-        let metadata = std::process::Command::new(&cargo)
-            .args(["metadata", "--format-version", "1", "--no-deps"])
-            .current_dir(&root)
-            .output()
-            .context("running `cargo metadata`")?;
-        if !metadata.status.success() {
-            bail!(
-                "`cargo metadata` failed: {}",
-                String::from_utf8_lossy(&metadata.stderr)
-            );
-        }
-        let metadata: serde_json::Value =
-            serde_json::from_slice(&metadata.stdout).context("parsing `cargo metadata`")?;
-        let target_dir = metadata["target_directory"]
-            .as_str()
-            .context("`cargo metadata` names no target_directory")?
-            .into();
-        Ok(Self {
-            root,
-            target_dir,
-            cargo,
-        })
-    }
-
-    fn vm_dir(&self) -> PathBuf {
-        self.target_dir.join("vm")
-    }
+/// Where vm-test keeps kernels, the static build, the initramfs and console logs.
+fn vm_dir(workspace: &Workspace) -> PathBuf {
+    workspace.target_dir.join("vm")
 }
 
 /// One kernel's outcome.
@@ -200,13 +181,12 @@ impl KernelRun {
 }
 
 /// Runs `cargo xtask vm-test`.
-pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
+pub fn run(workspace: &Workspace, args: VmTestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if !cfg!(target_arch = "x86_64") {
         bail!("vm-test builds x86_64 guests with the host's toolchain; run it on an x86_64 host");
     }
-    let workspace = Workspace::locate()?;
-    let vm_dir = workspace.vm_dir();
+    let vm_dir = vm_dir(workspace);
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
     let qemu = qemu::find_qemu()?;
 
@@ -226,7 +206,7 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         )?);
     }
 
-    let binaries = artifacts::build(&workspace)?;
+    let binaries = artifacts::build(workspace)?;
     let initramfs = initramfs::build(&binaries, &vm_dir)?;
     eprintln!(
         "vm-test: initramfs {} ({} MiB)",

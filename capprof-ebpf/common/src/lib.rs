@@ -51,6 +51,8 @@ pub mod globals {
     pub const TASK_REAL_CRED_OFFSET: &str = "TASK_REAL_CRED_OFFSET";
     /// `u32`: byte offset of `flags` in `struct task_struct`, read from kernel BTF.
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
+    /// `u32`: byte offset of `comm` in `struct task_struct`, read from kernel BTF.
+    pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
     /// `u32`: byte offset of `euid` in `struct cred`, read from kernel BTF.
     pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
     /// `u32`: byte offset of the syscall-number slot in `struct pt_regs` (`orig_ax` on x86_64).
@@ -107,7 +109,19 @@ pub mod check_flags {
     pub const OPTS_INSETID: u32 = 1 << 4;
     /// The check ran outside a system call (kernel thread, interrupt, or a task in its exit path).
     pub const NO_SYSCALL: u32 = 1 << 5;
+    /// The task is a container runtime's init (`runc:[2:INIT]`, `youki:[2:INIT]`, `crun`) setting
+    /// the container up before the entrypoint's `execve` replaces it.
+    pub const RUNTIME_INIT: u32 = 1 << 6;
 }
+
+/// Task-name prefixes of container runtimes' init processes, as (little-endian bytes, mask) over
+/// the first eight bytes of `comm`. runc and youki name their stages `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]`; crun keeps its own name until it executes the entrypoint.
+pub const RUNTIME_INIT_COMMS: [(u64, u64); 3] = [
+    (u64::from_le_bytes(*b"runc:[\0\0"), 0x0000_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"youki:[\0"), 0x00ff_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"crun\0\0\0\0"), 0x0000_00ff_ffff_ffff),
+];
 
 /// The kernel's `CAP_OPT_NOAUDIT` bit in `cap_capable`'s `opts`.
 pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;

@@ -32,7 +32,7 @@ use aya_log_ebpf::warn;
 use capprof_common::{
     CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, CapCapableAbi, CheckEvent, CheckKey, Counter,
     DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, PendingCheck,
-    Verdict, check_flags,
+    RUNTIME_INIT_COMMS, Verdict, check_flags,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -43,6 +43,8 @@ static TARGET_CGROUP_ID: u64 = 0;
 static TASK_REAL_CRED_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_FLAGS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static CRED_EUID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
@@ -190,6 +192,7 @@ fn count_check<C: EbpfContext + StackIdContext>(
     let task = unsafe { bpf_get_current_task_btf() } as u64;
     let (syscall_nr, mut flags) = current_syscall(task);
     flags |= cred_flags(task, cred, cred_access);
+    flags |= runtime_init_flag(task);
     if let Some(raw_opts) = raw_opts {
         flags |= opts_flags(raw_opts);
     }
@@ -285,6 +288,20 @@ fn cred_flags(task: u64, cred: u64, access: CredAccess) -> u32 {
         flags |= check_flags::NONROOT_EUID;
     }
     flags
+}
+
+/// [`check_flags::RUNTIME_INIT`] when the task's name is a container runtime's init.
+#[inline(always)]
+fn runtime_init_flag(task: u64) -> u32 {
+    // SAFETY: `task` comes from `bpf_get_current_task_btf`; `comm` is at least 16 bytes.
+    let comm: u64 = unsafe { load(task, &TASK_COMM_OFFSET) };
+    let mut flag = 0;
+    for (prefix, mask) in RUNTIME_INIT_COMMS {
+        if comm & mask == prefix {
+            flag = check_flags::RUNTIME_INIT;
+        }
+    }
+    flag
 }
 
 /// Normalises the 4th argument of `cap_capable` into [`check_flags`] bits.

@@ -1,7 +1,7 @@
 //! Makes known capability checks inside a given cgroup, for capprof's integration tests.
 //!
 //! ```text
-//! capprof-trigger --cgroup DIR --workdir DIR [--times N] [--drop-caps] OPERATION...
+//! capprof-trigger --cgroup DIR --workdir DIR [--times N] [--drop-caps] [--comm NAME] OPERATION...
 //! ```
 //!
 //! Operations and the one check each makes per repetition:
@@ -56,13 +56,15 @@ struct Options {
     workdir: PathBuf,
     times: u32,
     drop_caps: bool,
+    /// A task name to take before the operations, e.g. `runc:[2:INIT]`.
+    comm: Option<CString>,
     operations: Vec<Operation>,
 }
 
 fn usage(message: &str) -> ! {
     eprintln!("capprof-trigger: {message}");
     eprintln!(
-        "usage: capprof-trigger --cgroup DIR [--workdir DIR] [--times N] [--drop-caps] chown|sethostname|raw-icmp|nice|bind80|mmap|seccomp..."
+        "usage: capprof-trigger --cgroup DIR [--workdir DIR] [--times N] [--drop-caps] [--comm NAME] chown|sethostname|raw-icmp|nice|bind80|mmap|seccomp..."
     );
     std::process::exit(2);
 }
@@ -74,6 +76,7 @@ fn parse_options() -> Options {
         workdir: std::env::temp_dir(),
         times: 1,
         drop_caps: false,
+        comm: None,
         operations: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -97,6 +100,12 @@ fn parse_options() -> Options {
                     .unwrap_or_else(|| usage("--times needs a number"))
             }
             "--drop-caps" => options.drop_caps = true,
+            "--comm" => {
+                let name = args.next().unwrap_or_else(|| usage("--comm needs a name"));
+                options.comm = Some(
+                    CString::new(name).unwrap_or_else(|_| usage("--comm must not contain NUL")),
+                );
+            }
             other => options.operations.push(
                 Operation::parse(other)
                     .unwrap_or_else(|| usage(&format!("unknown operation `{other}`"))),
@@ -245,7 +254,11 @@ fn run(operation: Operation, iteration: u32, prepared: &Prepared, expect_denied:
     unsafe {
         match operation {
             Operation::Chown => {
-                let uid = if iteration.is_multiple_of(2) { 2000 } else { 1000 };
+                let uid = if iteration.is_multiple_of(2) {
+                    2000
+                } else {
+                    1000
+                };
                 let result = libc::syscall(
                     libc::SYS_fchownat,
                     libc::AT_FDCWD,
@@ -337,6 +350,13 @@ fn main() {
     let prepared = prepare(&options);
     if options.drop_caps {
         drop_all_capabilities();
+    }
+    if let Some(comm) = &options.comm {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
+        check(
+            unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) }.into(),
+            "prctl(PR_SET_NAME)",
+        );
     }
     join_cgroup(&options.cgroup);
     let mut all_ok = true;

@@ -16,30 +16,16 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, FExit, KProbe, Program},
-};
 use capprof::{
-    attach::AttachRequest,
-    checks::CheckTable,
-    collector::{CheckSource, KernelCollector},
-    kallsyms::KernelSymbols,
-    loader::{Tracer, TracerOptions, program_object},
+    attach::{AttachMode, AttachRequest},
+    baseline::EmptyProgram,
+    capability::Capability,
+    loader::TracerOptions,
+    trace::TraceSession,
 };
-use capprof_common::{
-    EMPTY_FEXIT_PROGRAM, EMPTY_KPROBE_PROGRAMS, EMPTY_TRACEPOINT_PROGRAM, HOOKED_FUNCTION,
-};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Fentry,
-    Kprobe,
-    Tracepoint,
-}
 
 struct Options {
-    mode: Mode,
+    mode: AttachMode,
     iterations: u64,
     rounds: usize,
 }
@@ -48,7 +34,7 @@ const WARMUP: u64 = 2_000;
 
 fn parse_options() -> anyhow::Result<Options> {
     let mut options = Options {
-        mode: Mode::Fentry,
+        mode: AttachMode::Fentry,
         iterations: 100_000,
         rounds: 7,
     };
@@ -59,9 +45,9 @@ fn parse_options() -> anyhow::Result<Options> {
         match arg.as_str() {
             "--mode" => {
                 mode = Some(match value()?.as_str() {
-                    "fentry" => Mode::Fentry,
-                    "kprobe" => Mode::Kprobe,
-                    "tracepoint" => Mode::Tracepoint,
+                    "fentry" => AttachMode::Fentry,
+                    "kprobe" => AttachMode::Kprobe,
+                    "tracepoint" => AttachMode::Tracepoint,
                     other => bail!("--mode {other}: expected fentry, kprobe or tracepoint"),
                 })
             }
@@ -90,21 +76,20 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..options.rounds {
         none.push(time_checks(hostname, options.iterations)?);
 
-        let baseline = EmptyPrograms::attach(options.mode)?;
+        let baseline = EmptyProgram::attach_to(options.mode)?;
         empty.push(time_checks(hostname, options.iterations)?);
         drop(baseline);
 
-        let mut tracer = Tracer::load(&TracerOptions {
+        let mut session = TraceSession::start(&TracerOptions {
             attach: match options.mode {
-                Mode::Fentry => AttachRequest::Fentry,
-                Mode::Kprobe => AttachRequest::Kprobe,
-                Mode::Tracepoint => AttachRequest::Tracepoint,
+                AttachMode::Fentry => AttachRequest::Fentry,
+                AttachMode::Kprobe => AttachRequest::Kprobe,
+                AttachMode::Tracepoint => AttachRequest::Tracepoint,
             },
             ..Default::default()
         })?;
-        let mut collector = KernelCollector::new(&mut tracer)?;
         traced.push(time_checks(hostname, options.iterations)?);
-        counted_everything &= sethostname_checks(&mut collector)? == WARMUP + options.iterations;
+        counted_everything &= sethostname_checks(&mut session)? == WARMUP + options.iterations;
     }
     let noise = slowest(&none) - fastest(&none);
     let (none, empty, traced) = (fastest(&none), fastest(&empty), fastest(&traced));
@@ -161,17 +146,17 @@ fn time_checks(hostname: &[u8], iterations: u64) -> anyhow::Result<f64> {
 }
 
 /// `CAP_SYS_ADMIN` checks the tracer counted inside `sethostname`, in this process's cgroup.
-fn sethostname_checks(collector: &mut KernelCollector) -> anyhow::Result<u64> {
+fn sethostname_checks(session: &mut TraceSession) -> anyhow::Result<u64> {
     let (_, cgroup_id) = capprof::cgroup::of_pid(std::process::id())?;
-    let mut table = CheckTable::new(KernelSymbols::default());
-    let collection = collector.collect()?;
-    table.apply(collection, collector)?;
-    Ok(table
+    session.poll()?;
+    let sethostname = libc::SYS_sethostname as u32;
+    Ok(session
+        .table()
         .records()
         .filter(|record| {
             record.cgroup_id() == cgroup_id
-                && record.capability_name() == "CAP_SYS_ADMIN"
-                && record.syscall_name() == "sethostname"
+                && record.capability() == Some(Capability::SysAdmin)
+                && record.syscall_nr() == Some(sethostname)
         })
         .map(|record| record.count)
         .sum())
@@ -183,45 +168,4 @@ fn fastest(values: &[f64]) -> f64 {
 
 fn slowest(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-}
-
-/// The mode's do-nothing program(s), attached until dropped.
-struct EmptyPrograms {
-    _ebpf: Ebpf,
-}
-
-impl EmptyPrograms {
-    fn attach(mode: Mode) -> anyhow::Result<Self> {
-        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(program_object()?)
-            .context("loading capprof's eBPF object")?;
-        match mode {
-            Mode::Fentry => {
-                let fexit: &mut FExit = program_mut(&mut ebpf, EMPTY_FEXIT_PROGRAM)?.try_into()?;
-                fexit.load(HOOKED_FUNCTION, &btf)?;
-                fexit.attach()?;
-            }
-            Mode::Kprobe => {
-                for name in EMPTY_KPROBE_PROGRAMS {
-                    let probe: &mut KProbe = program_mut(&mut ebpf, name)?.try_into()?;
-                    probe.load()?;
-                    probe.attach(HOOKED_FUNCTION, 0)?;
-                }
-            }
-            Mode::Tracepoint => {
-                let tracepoint: &mut BtfTracePoint =
-                    program_mut(&mut ebpf, EMPTY_TRACEPOINT_PROGRAM)?.try_into()?;
-                tracepoint.load(HOOKED_FUNCTION, &btf)?;
-                tracepoint.attach()?;
-            }
-        }
-        Ok(Self { _ebpf: ebpf })
-    }
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("the eBPF object has no {name} program"))
 }

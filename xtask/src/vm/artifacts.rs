@@ -10,12 +10,12 @@
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{Context, bail};
 
-use super::Workspace;
+use crate::workspace::Workspace;
 
 const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The integration test targets of `capprof-tests` that run in the guest: they need root, BPF
@@ -37,7 +37,7 @@ pub struct GuestBinaries {
 
 /// Builds the guest's programs in `<target>/vm/cargo`.
 pub fn build(workspace: &Workspace) -> anyhow::Result<GuestBinaries> {
-    let target_dir = workspace.vm_dir().join("cargo");
+    let target_dir = super::vm_dir(workspace).join("cargo");
     eprintln!(
         "vm-test: building static test binaries in {}",
         target_dir.display()
@@ -106,7 +106,7 @@ fn cargo(workspace: &Workspace, target_dir: &Path, args: &[&str]) -> anyhow::Res
         rustflags.push(' ');
     }
     rustflags.push_str("-C target-feature=+crt-static");
-    let mut command = Command::new(&workspace.cargo);
+    let mut command = workspace.cargo();
     command
         .args(args)
         .args([
@@ -115,7 +115,6 @@ fn cargo(workspace: &Workspace, target_dir: &Path, args: &[&str]) -> anyhow::Res
             HOST_TARGET,
             "--message-format=json-render-diagnostics",
         ])
-        .current_dir(&workspace.root)
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RUSTFLAGS", rustflags)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -53,13 +53,12 @@ impl AccelChoice {
 }
 
 pub fn find_qemu() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|directory| directory.join(QEMU))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| {
-            format!("{QEMU} is not installed; install it with `apt-get install qemu-system-x86`")
-        })
+    crate::workspace::find_on_path(QEMU).with_context(|| {
+        format!(
+            "{QEMU} is not installed; install it with `apt-get install qemu-system-x86` or \
+             `cargo xtask setup --vm`"
+        )
+    })
 }
 
 pub fn choose_accel(requested: Accel) -> anyhow::Result<AccelChoice> {

@@ -1,0 +1,827 @@
+//! Decides what each observed check means for the recommendation.
+//!
+//! Every profile entry gets one [`CheckClass`] from the first rule in [`RULES`] that matches,
+//! with the rule's reason kept as evidence. The rules combine several signals, never `NOAUDIT`
+//! alone: the verdict, `opts` where the attach path observed it or the kernel call site (from the
+//! stack) where it did not, whose credentials were checked, the container's phase (runtime setup
+//! or application) and the checking task's uid. `docs/classification.md` explains each rule.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    capability::Capability,
+    profile::{EntryKey, EntryVerdict, Profile, ProfileEntry},
+};
+use capprof_common::check_flags;
+
+/// What a check means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckClass {
+    /// Granted, audited, and the service depends on it: goes into `cap_add`.
+    Required,
+    /// Needed but denied under the configuration profiled: the operation failed. Goes into
+    /// `cap_add` so that it works.
+    Missing,
+    /// The kernel asked silently and falls back when refused (overcommit heuristics, seccomp or
+    /// landlock installation, `*_noaudit` probes).
+    Advisory,
+    /// The container runtime's own work before the entrypoint ran.
+    RuntimeSetup,
+    /// The kernel checked credentials that are not the task's own (a file's opener, another
+    /// task, a mounter).
+    ForeignCred,
+    /// Not needed: a narrower capability in an OR-chain suffices, or `cap_add` could not have
+    /// changed the outcome (a non-root process).
+    Superseded,
+}
+
+impl CheckClass {
+    /// Whether checks of this class put their capability into `cap_add`.
+    pub fn counts_as_need(self) -> bool {
+        matches!(self, CheckClass::Required | CheckClass::Missing)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckClass::Required => "required",
+            CheckClass::Missing => "missing",
+            CheckClass::Advisory => "advisory",
+            CheckClass::RuntimeSetup => "runtime-setup",
+            CheckClass::ForeignCred => "foreign-cred",
+            CheckClass::Superseded => "superseded",
+        }
+    }
+}
+
+/// An entry with its class, the rule that decided it and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classified {
+    pub entry: ProfileEntry,
+    pub class: CheckClass,
+    /// The rule's name (see `docs/classification.md`).
+    pub rule: &'static str,
+    pub reason: String,
+    /// The capability this entry asks for in `cap_add` when it is not the checked one: a
+    /// narrower alternative from an OR-chain (BPF instead of SYS_ADMIN), or DAC_OVERRIDE
+    /// instead of DAC_READ_SEARCH for plain reads.
+    pub recommend_instead: Option<Capability>,
+}
+
+/// What the rules look at besides the entry itself.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// All entries of the profile, for rules that relate checks to each other.
+    pub entries: &'a [ProfileEntry],
+}
+
+/// One row of the rule table.
+pub struct Rule {
+    pub name: &'static str,
+    pub class: CheckClass,
+    /// Returns the reason when the rule applies.
+    pub applies: fn(&Context<'_>, &ProfileEntry) -> Option<RuleFinding>,
+}
+
+/// A rule's finding.
+#[derive(Debug)]
+pub struct RuleFinding {
+    pub reason: String,
+    pub recommend_instead: Option<Capability>,
+}
+
+impl RuleFinding {
+    fn because(reason: impl Into<String>) -> Option<Self> {
+        Some(Self {
+            reason: reason.into(),
+            recommend_instead: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name)
+            .field("class", &self.class)
+            .finish()
+    }
+}
+
+/// Kernel functions that probe a capability silently (`CAP_OPT_NOAUDIT`) and fall back when it
+/// is refused. Used when the attach path cannot see `opts` (the tracepoint).
+const SILENT_CALL_SITES: &[(&str, &str)] = &[
+    (
+        "cap_vm_enough_memory",
+        "the overcommit heuristic only reserves a little more memory for CAP_SYS_ADMIN",
+    ),
+    (
+        "security_vm_enough_memory_mm",
+        "the overcommit heuristic only reserves a little more memory for CAP_SYS_ADMIN",
+    ),
+    (
+        "__vm_enough_memory",
+        "the overcommit heuristic only reserves a little more memory for CAP_SYS_ADMIN",
+    ),
+    (
+        "seccomp_prepare_filter",
+        "installing a seccomp filter works without it once no_new_privs is set",
+    ),
+    (
+        "do_seccomp",
+        "installing a seccomp filter works without it once no_new_privs is set",
+    ),
+    (
+        "landlock_restrict_self",
+        "landlock works without it once no_new_privs is set",
+    ),
+    (
+        "ns_capable_noaudit",
+        "a silent probe: the caller falls back when it is refused",
+    ),
+    (
+        "has_ns_capability_noaudit",
+        "a silent probe: the caller falls back when it is refused",
+    ),
+    (
+        "has_capability_noaudit",
+        "a silent probe: the caller falls back when it is refused",
+    ),
+    ("oom_badness", "only adjusts the OOM killer's score"),
+];
+
+/// (narrower, broader) capabilities the kernel accepts either of, narrow first.
+const OR_CHAINS: &[(Capability, Capability, &str)] = &[
+    (Capability::Bpf, Capability::SysAdmin, "bpf_capable()"),
+    (
+        Capability::Perfmon,
+        Capability::SysAdmin,
+        "perfmon_capable()",
+    ),
+    (
+        Capability::CheckpointRestore,
+        Capability::SysAdmin,
+        "checkpoint_restore_ns_capable()",
+    ),
+    (
+        Capability::Syslog,
+        Capability::SysAdmin,
+        "syslog permission checks",
+    ),
+];
+
+/// Kernel functions through which DAC_READ_SEARCH is really about file handles, not reads.
+const FILE_HANDLE_CALL_SITES: &[&str] = &[
+    "do_handle_open",
+    "handle_to_path",
+    "may_decode_fh",
+    "open_by_handle_at",
+];
+
+/// The rules, in the order they are tried. The first that applies decides.
+pub const RULES: &[Rule] = &[
+    Rule {
+        name: "runtime-init",
+        class: CheckClass::RuntimeSetup,
+        applies: |_, entry| {
+            entry.key.has(check_flags::RUNTIME_INIT).then(|| RuleFinding {
+                reason: format!(
+                    "made by the container runtime ({}) while setting the container up, before the entrypoint ran",
+                    entry.first_example().map(|e| e.comm.as_str()).unwrap_or("runc init")
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "foreign-cred",
+        class: CheckClass::ForeignCred,
+        applies: |_, entry| {
+            entry.key.has(check_flags::FOREIGN_CRED).then(|| RuleFinding {
+                reason: format!(
+                    "the kernel checked credentials that are not the task's own (via {}): another task's, a file opener's or a mounter's",
+                    checking_function(entry).unwrap_or("an unknown path")
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "noaudit-observed",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            (entry.key.opts_known() && entry.key.has(check_flags::OPTS_NOAUDIT)).then(|| RuleFinding {
+                reason: format!(
+                    "a silent probe (CAP_OPT_NOAUDIT observed) from {}: the kernel falls back when it is refused",
+                    checking_function(entry).unwrap_or("the kernel")
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "noaudit-call-site",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            if entry.key.opts_known() {
+                // The attach path saw opts and they were not NOAUDIT: trust that over the stack.
+                return None;
+            }
+            SILENT_CALL_SITES
+                .iter()
+                .find(|(function, _)| stack_has(entry, function))
+                .and_then(|(function, why)| {
+                    RuleFinding::because(format!(
+                        "a silent probe from {function} (opts derived from the call site): {why}"
+                    ))
+                })
+        },
+    },
+    Rule {
+        name: "nonroot-denied",
+        class: CheckClass::Superseded,
+        applies: |_, entry| {
+            (entry.key.verdict == EntryVerdict::Denied && entry.key.has(check_flags::NONROOT_EUID)).then(|| RuleFinding {
+                reason: format!(
+                    "denied to a non-root process (uid {}): cap_add does not give capabilities to it without file capabilities or ambient capabilities",
+                    entry.first_example().map(|e| e.uid.to_string()).unwrap_or_else(|| "≠0".into())
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "read-search-then-override",
+        class: CheckClass::Superseded,
+        applies: |context, entry| {
+            let is_read_search_denial = entry.key.cap == Capability::DacReadSearch.number()
+                && entry.key.verdict == EntryVerdict::Denied;
+            if !is_read_search_denial || is_file_handle_check(entry) {
+                return None;
+            }
+            let override_granted = context.entries.iter().any(|other| {
+                other.key.cap == Capability::DacOverride.number()
+                    && other.key.verdict == EntryVerdict::Granted
+                    && other.key.syscall_nr == entry.key.syscall_nr
+            });
+            override_granted.then(|| RuleFinding {
+                reason: "the kernel tried DAC_READ_SEARCH first for a read, then DAC_OVERRIDE, which was granted and suffices".into(),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "read-search-for-reads",
+        class: CheckClass::Required,
+        applies: |_, entry| {
+            let applies = entry.key.cap == Capability::DacReadSearch.number()
+                && entry.key.verdict == EntryVerdict::Granted
+                && !is_file_handle_check(entry)
+                && stack_has(entry, "generic_permission");
+            applies.then(|| RuleFinding {
+                reason: "reading files it does not own: DAC_OVERRIDE allows the same reads, while DAC_READ_SEARCH also \
+                         allows open_by_handle_at, the classic container escape (which is why Docker leaves it out of its defaults)"
+                    .into(),
+                recommend_instead: Some(Capability::DacOverride),
+            })
+        },
+    },
+    Rule {
+        name: "broad-after-narrow",
+        class: CheckClass::Superseded,
+        applies: |context, entry| {
+            let (narrow, _, chain) = OR_CHAINS
+                .iter()
+                .find(|(_, broad, _)| entry.key.cap == broad.number())?;
+            if entry.key.verdict != EntryVerdict::Granted {
+                return None;
+            }
+            let narrow_denied = context.entries.iter().any(|other| {
+                other.key.cap == narrow.number()
+                    && other.key.verdict == EntryVerdict::Denied
+                    && other.key.syscall_nr == entry.key.syscall_nr
+            });
+            narrow_denied.then(|| RuleFinding {
+                reason: format!(
+                    "{chain} accepts {} or {}; the narrower one is recommended instead",
+                    narrow.short_name(),
+                    Capability::SysAdmin.short_name()
+                ),
+                recommend_instead: Some(*narrow),
+            })
+        },
+    },
+    Rule {
+        name: "narrow-then-broad",
+        class: CheckClass::Required,
+        applies: |context, entry| {
+            let (_, broad, chain) = OR_CHAINS
+                .iter()
+                .find(|(narrow, _, _)| entry.key.cap == narrow.number())?;
+            if entry.key.verdict != EntryVerdict::Denied {
+                return None;
+            }
+            let broad_granted = context.entries.iter().any(|other| {
+                other.key.cap == broad.number()
+                    && other.key.verdict == EntryVerdict::Granted
+                    && other.key.syscall_nr == entry.key.syscall_nr
+            });
+            if !broad_granted {
+                return None;
+            }
+            RuleFinding::because(format!(
+                "{chain}: denied here, then {} granted it; {} alone suffices and is much narrower",
+                broad.short_name(),
+                Capability::from_number(entry.key.cap)
+                    .map(|cap| cap.short_name())
+                    .unwrap_or("it")
+            ))
+        },
+    },
+    Rule {
+        name: "denied",
+        class: CheckClass::Missing,
+        applies: |_, entry| {
+            (entry.key.verdict == EntryVerdict::Denied).then(|| RuleFinding {
+                reason: format!(
+                    "denied {} time(s): the operation ({}() via {}) failed without it",
+                    entry.count,
+                    entry.key.syscall(),
+                    checking_function(entry).unwrap_or("the kernel")
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "granted",
+        class: CheckClass::Required,
+        applies: |_, entry| RuleFinding::because(describe_use(entry)),
+    },
+];
+
+/// Classifies every entry of a profile.
+pub fn classify(profile: &Profile) -> Vec<Classified> {
+    let context = Context {
+        entries: &profile.entries,
+    };
+    profile
+        .entries
+        .iter()
+        .map(|entry| classify_entry(&context, entry))
+        .collect()
+}
+
+/// Classifies one entry in its profile's context.
+pub fn classify_entry(context: &Context<'_>, entry: &ProfileEntry) -> Classified {
+    for rule in RULES {
+        if let Some(finding) = (rule.applies)(context, entry) {
+            return Classified {
+                entry: entry.clone(),
+                class: rule.class,
+                rule: rule.name,
+                reason: finding.reason,
+                recommend_instead: finding.recommend_instead,
+            };
+        }
+    }
+    unreachable!("the last rule always applies")
+}
+
+/// "httpd called bind() → __inet_bind, 12×": what ran, which syscall, which kernel path, how often.
+pub fn describe_use(entry: &ProfileEntry) -> String {
+    let who = entry
+        .first_example()
+        .map(|example| example.comm.as_str())
+        .unwrap_or("a process");
+    let syscall = match entry.key.syscall_nr {
+        Some(_) => format!("{}()", entry.key.syscall()),
+        None => "(no system call)".to_owned(),
+    };
+    let path = checking_function(entry)
+        .map(|function| format!(" → {function}"))
+        .unwrap_or_default();
+    format!("{who} called {syscall}{path}, {}×", entry.count)
+}
+
+/// The first frame that is not the capability machinery itself, without its offset.
+pub fn checking_function(entry: &ProfileEntry) -> Option<&str> {
+    let stack = &entry.call_sites.first()?.stack;
+    let frames: Vec<&str> = stack.iter().map(String::as_str).collect();
+    crate::trace_output::checking_function(&frames)
+        .map(|frame| frame.split('+').next().unwrap_or(frame))
+}
+
+fn stack_has(entry: &ProfileEntry, function: &str) -> bool {
+    entry.call_sites.iter().any(|site| {
+        site.stack.iter().any(|frame| {
+            let name = frame.split('+').next().unwrap_or(frame);
+            name == function
+                || name
+                    .strip_suffix(".isra.0")
+                    .is_some_and(|base| base == function)
+        })
+    })
+}
+
+fn is_file_handle_check(entry: &ProfileEntry) -> bool {
+    FILE_HANDLE_CALL_SITES
+        .iter()
+        .any(|function| stack_has(entry, function))
+        || entry.key.syscall().contains("open_by_handle_at")
+        || entry.key.syscall().contains("name_to_handle_at")
+}
+
+/// Convenience for tests and callers holding only keys.
+pub fn entry_key(
+    cap: Capability,
+    verdict: EntryVerdict,
+    syscall_nr: Option<u32>,
+    flags: u32,
+) -> EntryKey {
+    EntryKey {
+        cap: cap.number(),
+        verdict,
+        syscall_nr,
+        flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{EntryCallSite, Example, Subject, SubjectInfo};
+
+    const SYS_SETHOSTNAME: u32 = 170;
+    const SYS_OPENAT: u32 = 257;
+    const SYS_MMAP: u32 = 9;
+    const SYS_BPF: u32 = 321;
+    const SYS_BIND: u32 = 49;
+
+    fn entry(
+        cap: Capability,
+        verdict: EntryVerdict,
+        syscall: u32,
+        flags: u32,
+        stack: &[&str],
+        comm: &str,
+        uid: u32,
+    ) -> ProfileEntry {
+        ProfileEntry {
+            key: entry_key(cap, verdict, Some(syscall), flags),
+            count: 3,
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            call_sites: vec![EntryCallSite {
+                stack: stack.iter().map(|frame| (*frame).to_owned()).collect(),
+                example: Example {
+                    pid: 10,
+                    tgid: 10,
+                    uid,
+                    gid: uid,
+                    comm: comm.into(),
+                    seen_at_ms: 1,
+                },
+            }],
+        }
+    }
+
+    fn classify_one(target: ProfileEntry, others: Vec<ProfileEntry>) -> Classified {
+        let mut entries = others;
+        entries.push(target.clone());
+        let profile = Profile {
+            subject: Subject::Host,
+            info: SubjectInfo::default(),
+            entries,
+        };
+        classify(&profile)
+            .into_iter()
+            .find(|c| c.entry == target)
+            .unwrap()
+    }
+
+    const SETHOSTNAME_STACK: &[&str] = &[
+        "cap_capable+0x83",
+        "security_capable+0x3b",
+        "ns_capable+0x2a",
+        "__x64_sys_sethostname+0x73",
+    ];
+    const MMAP_STACK: &[&str] = &[
+        "cap_capable+0x83",
+        "security_vm_enough_memory_mm+0x36",
+        "__mmap_region+0xe04",
+    ];
+    const READ_STACK: &[&str] = &[
+        "cap_capable",
+        "security_capable",
+        "capable_wrt_inode_uidgid",
+        "generic_permission+0x11a",
+        "inode_permission",
+    ];
+
+    #[test]
+    fn runtime_init_checks_are_runtime_setup() {
+        let c = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_SETHOSTNAME,
+                check_flags::RUNTIME_INIT,
+                SETHOSTNAME_STACK,
+                "runc:[2:INIT]",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::RuntimeSetup, "runtime-init")
+        );
+        assert!(c.reason.contains("runc:[2:INIT]"), "{}", c.reason);
+    }
+
+    #[test]
+    fn foreign_credentials_are_not_the_containers_needs() {
+        let c = classify_one(
+            entry(
+                Capability::DacOverride,
+                EntryVerdict::Granted,
+                SYS_OPENAT,
+                check_flags::FOREIGN_CRED,
+                &["cap_capable", "security_capable", "file_ns_capable"],
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!((c.class, c.rule), (CheckClass::ForeignCred, "foreign-cred"));
+    }
+
+    #[test]
+    fn observed_noaudit_is_advisory() {
+        let flags = check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT;
+        let c = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MMAP,
+                flags,
+                MMAP_STACK,
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Advisory, "noaudit-observed")
+        );
+    }
+
+    #[test]
+    fn noaudit_call_sites_are_advisory_when_opts_are_unknown() {
+        let c = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Denied,
+                SYS_MMAP,
+                0,
+                MMAP_STACK,
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Advisory, "noaudit-call-site")
+        );
+        assert!(
+            c.reason.contains("security_vm_enough_memory_mm"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn observed_opts_win_over_the_call_site() {
+        // fexit saw opts without NOAUDIT: the call-site rule must not guess otherwise.
+        let c = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MMAP,
+                check_flags::OPTS_KNOWN,
+                MMAP_STACK,
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(c.class, CheckClass::Required);
+    }
+
+    #[test]
+    fn denials_of_non_root_processes_are_superseded() {
+        let c = classify_one(
+            entry(
+                Capability::NetBindService,
+                EntryVerdict::Denied,
+                SYS_BIND,
+                check_flags::NONROOT_EUID,
+                &["cap_capable", "__inet_bind"],
+                "app",
+                1000,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Superseded, "nonroot-denied")
+        );
+        assert!(c.reason.contains("uid 1000"), "{}", c.reason);
+    }
+
+    #[test]
+    fn read_search_denied_then_override_granted_keeps_override() {
+        let override_granted = entry(
+            Capability::DacOverride,
+            EntryVerdict::Granted,
+            SYS_OPENAT,
+            0,
+            READ_STACK,
+            "cat",
+            0,
+        );
+        let c = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                SYS_OPENAT,
+                0,
+                READ_STACK,
+                "cat",
+                0,
+            ),
+            vec![override_granted.clone()],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Superseded, "read-search-then-override")
+        );
+        let o = classify_one(
+            override_granted,
+            vec![entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                SYS_OPENAT,
+                0,
+                READ_STACK,
+                "cat",
+                0,
+            )],
+        );
+        assert_eq!(o.class, CheckClass::Required);
+    }
+
+    #[test]
+    fn read_search_for_reads_recommends_override_instead() {
+        let c = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Granted,
+                SYS_OPENAT,
+                0,
+                READ_STACK,
+                "cat",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Required, "read-search-for-reads")
+        );
+        assert_eq!(c.recommend_instead, Some(Capability::DacOverride));
+        assert!(c.reason.contains("open_by_handle_at"), "{}", c.reason);
+        let handles = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Granted,
+                304,
+                0,
+                &["cap_capable", "may_decode_fh", "do_handle_open"],
+                "escape",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (handles.class, handles.rule, handles.recommend_instead),
+            (CheckClass::Required, "granted", None)
+        );
+    }
+
+    #[test]
+    fn sys_admin_after_a_denied_narrow_capability_is_superseded() {
+        let bpf_denied = entry(
+            Capability::Bpf,
+            EntryVerdict::Denied,
+            SYS_BPF,
+            0,
+            &["cap_capable", "bpf_capable"],
+            "loader",
+            0,
+        );
+        let admin = entry(
+            Capability::SysAdmin,
+            EntryVerdict::Granted,
+            SYS_BPF,
+            0,
+            &["cap_capable", "bpf_capable"],
+            "loader",
+            0,
+        );
+        let c = classify_one(admin.clone(), vec![bpf_denied.clone()]);
+        assert_eq!(
+            (c.class, c.rule, c.recommend_instead),
+            (
+                CheckClass::Superseded,
+                "broad-after-narrow",
+                Some(Capability::Bpf)
+            )
+        );
+        let narrow = classify_one(bpf_denied, vec![admin]);
+        assert_eq!(
+            (narrow.class, narrow.rule),
+            (CheckClass::Required, "narrow-then-broad")
+        );
+    }
+
+    #[test]
+    fn other_denials_are_missing() {
+        let c = classify_one(
+            entry(
+                Capability::NetBindService,
+                EntryVerdict::Denied,
+                SYS_BIND,
+                0,
+                &[
+                    "cap_capable",
+                    "security_capable",
+                    "ns_capable",
+                    "__inet_bind+0x1ea",
+                ],
+                "httpd",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!((c.class, c.rule), (CheckClass::Missing, "denied"));
+        assert!(
+            c.reason.contains("bind()") && c.reason.contains("__inet_bind"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn granted_audited_checks_are_required_with_a_checkable_reason() {
+        let c = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_SETHOSTNAME,
+                check_flags::OPTS_KNOWN,
+                SETHOSTNAME_STACK,
+                "hostname",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!((c.class, c.rule), (CheckClass::Required, "granted"));
+        assert_eq!(
+            c.reason,
+            "hostname called sethostname() → __x64_sys_sethostname, 3×"
+        );
+    }
+
+    #[test]
+    fn every_rule_is_exercised_by_a_test_above() {
+        let tested = [
+            "runtime-init",
+            "foreign-cred",
+            "noaudit-observed",
+            "noaudit-call-site",
+            "nonroot-denied",
+            "read-search-then-override",
+            "read-search-for-reads",
+            "broad-after-narrow",
+            "narrow-then-broad",
+            "denied",
+            "granted",
+        ];
+        let names: Vec<&str> = RULES.iter().map(|rule| rule.name).collect();
+        assert_eq!(names, tested);
+    }
+}

@@ -1,0 +1,77 @@
+//! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the
+//! library; errors become messages and exit codes here, at the edge.
+
+mod doctor;
+mod exit;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::Exit;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   failure (the message says what happened)
+  2   bad usage
+  3   insufficient privileges (capprof loads eBPF: run as root, or grant CAP_BPF, CAP_PERFMON)
+  4   the kernel lacks what capprof needs (BTF, or no way to hook cap_capable)
+  With `trace -- COMMAND`, capprof exits with the command's status.";
+
+/// Which Linux capabilities does this container really need?
+///
+/// capprof watches every capability check the kernel makes (an eBPF program on cap_capable),
+/// attributes each to its cgroup, and tells you what was granted, denied, and why.
+#[derive(Debug, Parser)]
+#[command(name = "capprof", version, after_long_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// Log filter for diagnostics on stderr (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, global = true, env = "CAPPROF_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Trace(trace::TraceArgs),
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("capprof: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Trace(args) => trace::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            let exit = Exit::for_error(&error);
+            eprintln!("capprof: {error:#}");
+            exit.into()
+        }
+    }
+}

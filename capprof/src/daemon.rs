@@ -1,0 +1,326 @@
+//! The long-running profiler: a pinned tracer, folded into per-container profiles every poll and
+//! kept in the store, with the state the API serves.
+//!
+//! The collector runs on a thread of its own (the kernel's maps are read with blocking system
+//! calls); everything else is async. Shutting down leaves the tracer pinned, so checks made while
+//! the daemon is down are counted and folded when it comes back; `capprof unload` detaches it.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
+
+use crate::{
+    attach::{AttachChoice, AttachRequest},
+    collector::TracerCounters,
+    fold::{Attributor, Clock, Folder},
+    loader::{Tracer, TracerOptions},
+    profile::{EntryKey, Example, Subject},
+    store::{Store, StoreError},
+    trace::{TraceError, TraceSession},
+};
+
+/// Where the daemon keeps things and how it traces.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// The database lives here (`capprof.db`).
+    pub state_dir: PathBuf,
+    /// bpffs directory for the pinned tracer.
+    pub pin_root: PathBuf,
+    pub attach: AttachRequest,
+    /// How often the kernel's counts are folded and stored: the most a SIGKILL can lose.
+    pub poll_interval: Duration,
+    /// How long exited containers' own profiles are kept (merged profiles stay until reset).
+    pub retention: Duration,
+    pub events_bytes: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/capprof"),
+            pin_root: PathBuf::from("/sys/fs/bpf/capprof"),
+            attach: AttachRequest::Auto,
+            poll_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            events_bytes: capprof_common::DEFAULT_EVENTS_BYTES,
+        }
+    }
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot mount bpffs at {path} for the pinned tracer: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the collector thread failed: {0}")]
+    Collector(String),
+}
+
+/// What `capprof status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonStatus {
+    pub version: &'static str,
+    pub attach: AttachChoice,
+    /// The tracer was found pinned by an earlier daemon and kept counting meanwhile.
+    pub resumed: bool,
+    pub kernel: String,
+    pub started_at_ms: i64,
+    pub counters: TracerCounters,
+    /// Milliseconds since the epoch of the last successful poll.
+    pub last_poll_ms: i64,
+    /// Keys whose cgroup is not attributed yet.
+    pub pending_keys: usize,
+}
+
+/// A change to one subject's profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub subject: Subject,
+}
+
+/// Checks folded in one poll for one owner, for live streams.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveCheck {
+    /// The container's own subject, or the host.
+    pub subject: Subject,
+    pub key: EntryKey,
+    /// Checks added by this poll.
+    pub delta: u64,
+    pub example: Option<Example>,
+}
+
+/// State shared between the collector and the API.
+#[derive(Debug)]
+pub struct DaemonState {
+    pub store: Mutex<Store>,
+    pub status: RwLock<DaemonStatus>,
+    pub changes: broadcast::Sender<ProfileChange>,
+    pub checks: broadcast::Sender<LiveCheck>,
+}
+
+impl DaemonState {
+    /// Locks the store; a poisoned lock (a panic mid-write) still holds a consistent database,
+    /// since every write is one transaction.
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn status(&self) -> DaemonStatus {
+        self.status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A running daemon: its shared state and the collector thread.
+#[derive(Debug)]
+pub struct Daemon {
+    state: Arc<DaemonState>,
+    stop: Arc<AtomicBool>,
+    collector: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Daemon {
+    /// Loads (or resumes) the pinned tracer, opens the store and starts collecting.
+    pub fn start(
+        config: &DaemonConfig,
+        attributor: Box<dyn Attributor + Send>,
+    ) -> Result<Self, DaemonError> {
+        crate::bpffs::ensure_mounted(config.pin_root.parent().unwrap_or(&config.pin_root))
+            .map_err(|source| DaemonError::Bpffs {
+                path: config.pin_root.clone(),
+                source,
+            })?;
+        let mut store = Store::open(&config.state_dir)?;
+        let options = TracerOptions {
+            attach: config.attach,
+            cgroup_id: None,
+            events_bytes: config.events_bytes,
+        };
+        let tracer = Tracer::load_pinned(&options, &config.pin_root).map_err(TraceError::from)?;
+        let session = TraceSession::with_tracer(tracer)?;
+        let resumed = session.is_resumed();
+        let folder = if resumed {
+            Folder::resume(store.attributed_counts()?, &store.kernel_call_sites()?)
+        } else {
+            store.reset_kernel_accounting()?;
+            Folder::default()
+        };
+        let now = Clock::now().wall_now_ms;
+        let status = DaemonStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            attach: session.attach_choice().clone(),
+            resumed,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            started_at_ms: now,
+            counters: TracerCounters::default(),
+            last_poll_ms: 0,
+            pending_keys: 0,
+        };
+        info!(attach = %status.attach.explain(), resumed, "capprof daemon started");
+        let state = Arc::new(DaemonState {
+            store: Mutex::new(store),
+            status: RwLock::new(status),
+            changes: broadcast::channel(1024).0,
+            checks: broadcast::channel(4096).0,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = {
+            let (state, stop, config) = (state.clone(), stop.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("capprof-collector".into())
+                .spawn(move || collect(session, folder, attributor, &state, &stop, &config))
+                .map_err(|error| DaemonError::Collector(error.to_string()))?
+        };
+        Ok(Self {
+            state,
+            stop,
+            collector: Some(collector),
+        })
+    }
+
+    /// The state the API serves.
+    pub fn state(&self) -> Arc<DaemonState> {
+        self.state.clone()
+    }
+
+    /// Stops collecting after a last poll; the tracer stays pinned.
+    pub fn shutdown(mut self) -> Result<(), DaemonError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.collector.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(DaemonError::Collector(
+                "the collector thread panicked".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the collector thread has stopped by itself (an error).
+    pub fn collector_finished(&self) -> bool {
+        self.collector
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(collector) = self.collector.take() {
+            let _ = collector.join();
+        }
+    }
+}
+
+/// The collector loop: poll, fold, store, notify; until asked to stop, then one last time.
+fn collect(
+    mut session: TraceSession,
+    mut folder: Folder,
+    mut attributor: Box<dyn Attributor + Send>,
+    state: &DaemonState,
+    stop: &AtomicBool,
+    config: &DaemonConfig,
+) -> Result<(), DaemonError> {
+    let mut last_retention = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if let Err(error) = poll_once(&mut session, &mut folder, attributor.as_mut(), state) {
+            error!(%error, "poll failed");
+            if matches!(error, DaemonError::Trace(_)) {
+                return Err(error);
+            }
+        }
+        if last_retention.elapsed() >= Duration::from_secs(3600) {
+            last_retention = std::time::Instant::now();
+            let cutoff = Clock::now().wall_now_ms - config.retention.as_millis() as i64;
+            match state.store().expire_containers(cutoff) {
+                Ok(0) => {}
+                Ok(expired) => info!(
+                    expired,
+                    "forgot the profiles of containers that exited before the retention period"
+                ),
+                Err(error) => warn!(%error, "retention failed"),
+            }
+        }
+        if stopping {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + config.poll_interval;
+        while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20).min(config.poll_interval));
+        }
+    }
+}
+
+fn poll_once(
+    session: &mut TraceSession,
+    folder: &mut Folder,
+    attributor: &mut dyn Attributor,
+    state: &DaemonState,
+) -> Result<(), DaemonError> {
+    session.poll()?;
+    let clock = Clock::now();
+    let fold = folder.fold(session.table(), attributor, clock);
+    state.store().apply(&fold.batch)?;
+    folder.commit(&fold);
+    let batch = fold.batch;
+
+    let pending_keys = session
+        .table()
+        .records()
+        .count()
+        .saturating_sub(folder.attributed_keys());
+    {
+        let mut status = state
+            .status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.counters = session.table().counters();
+        status.last_poll_ms = clock.wall_now_ms;
+        status.pending_keys = pending_keys;
+    }
+    let mut changed: Vec<&Subject> = batch.entries.iter().map(|entry| &entry.subject).collect();
+    changed.sort();
+    changed.dedup();
+    for subject in changed {
+        // No receivers is fine: nobody is watching.
+        let _ = state.changes.send(ProfileChange {
+            subject: subject.clone(),
+        });
+    }
+    for entry in &batch.entries {
+        if matches!(entry.subject, Subject::Container { .. } | Subject::Host) && entry.delta > 0 {
+            let _ = state.checks.send(LiveCheck {
+                subject: entry.subject.clone(),
+                key: entry.key,
+                delta: entry.delta,
+                example: entry.call_sites.first().map(|site| site.example.clone()),
+            });
+        }
+    }
+    Ok(())
+}
