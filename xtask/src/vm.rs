@@ -186,9 +186,25 @@ pub fn run(workspace: &Workspace, args: VmTestArgs) -> anyhow::Result<()> {
     if !cfg!(target_arch = "x86_64") {
         bail!("vm-test builds x86_64 guests with the host's toolchain; run it on an x86_64 host");
     }
+    // Everything that can be wrong with the request is said before minutes of building.
+    if let Some(bad) = args
+        .test_args
+        .iter()
+        .find(|arg| arg.is_empty() || arg.contains([',', ' ', '"']))
+    {
+        bail!(
+            "test argument {bad:?} cannot be passed on the kernel command line (no spaces, commas or quotes)"
+        );
+    }
+    let wanted: Vec<Mode> = if args.modes.is_empty() {
+        Mode::DEFAULT.to_vec()
+    } else {
+        args.modes.clone()
+    };
+    let qemu = qemu::find_qemu()?;
+    let mut accel = qemu::choose_accel(args.accel)?;
     let vm_dir = vm_dir(workspace);
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
-    let qemu = qemu::find_qemu()?;
 
     let mut kernels = Vec::new();
     for path in &args.kernel {
@@ -213,22 +229,6 @@ pub fn run(workspace: &Workspace, args: VmTestArgs) -> anyhow::Result<()> {
         initramfs.display(),
         std::fs::metadata(&initramfs)?.len() >> 20
     );
-
-    if let Some(bad) = args
-        .test_args
-        .iter()
-        .find(|arg| arg.is_empty() || arg.contains([',', ' ', '"']))
-    {
-        bail!(
-            "test argument {bad:?} cannot be passed on the kernel command line (no spaces, commas or quotes)"
-        );
-    }
-    let wanted: Vec<Mode> = if args.modes.is_empty() {
-        Mode::DEFAULT.to_vec()
-    } else {
-        args.modes.clone()
-    };
-    let accel = qemu::choose_accel(args.accel)?;
     eprintln!("vm-test: accelerator {}", accel.describe());
 
     let log_dir = vm_dir.join("logs");
@@ -258,6 +258,8 @@ pub fn run(workspace: &Workspace, args: VmTestArgs) -> anyhow::Result<()> {
         }
         let kernel_started = Instant::now();
         let (report, used_accel) = qemu::run_guest(&settings, accel.clone())?;
+        // A fallback to TCG holds for the next kernels too: KVM would fail them the same way.
+        accel = used_accel.clone();
         runs.push(KernelRun {
             kernel,
             accel: used_accel,

@@ -263,15 +263,12 @@ pub fn run_guest(
 ) -> anyhow::Result<(GuestReport, AccelChoice)> {
     match run_once(settings, &accel)? {
         Attempt::Finished(report) => Ok((report, accel)),
-        Attempt::NeverBooted => {
-            let fallback = AccelChoice::tcg(format!(
-                "KVM was tried first, but the guest printed nothing in {} s",
-                KVM_BOOT_GRACE.as_secs()
-            ));
-            eprintln!("vm-test: {}; retrying", fallback.describe());
+        Attempt::NeverBooted(why) => {
+            let fallback = AccelChoice::tcg(format!("KVM was tried first, but {why}"));
+            eprintln!("vm-test: retrying under {}", fallback.describe());
             match run_once(settings, &fallback)? {
                 Attempt::Finished(report) => Ok((report, fallback)),
-                Attempt::NeverBooted => unreachable!("TCG runs have no boot watchdog"),
+                Attempt::NeverBooted(_) => unreachable!("TCG runs are never retried"),
             }
         }
     }
@@ -279,7 +276,8 @@ pub fn run_guest(
 
 enum Attempt {
     Finished(GuestReport),
-    NeverBooted,
+    /// A KVM guest chosen by `auto` did not reach /init, for this reason.
+    NeverBooted(String),
 }
 
 fn run_once(settings: &GuestSettings, accel: &AccelChoice) -> anyhow::Result<Attempt> {
@@ -343,8 +341,12 @@ fn run_once(settings: &GuestSettings, accel: &AccelChoice) -> anyhow::Result<Att
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 stop(&mut child);
                 if !booted && accel.may_fall_back && Instant::now() < deadline {
+                    let _ = child.wait();
                     log.flush()?;
-                    return Ok(Attempt::NeverBooted);
+                    return Ok(Attempt::NeverBooted(format!(
+                        "the guest printed nothing in {} s",
+                        KVM_BOOT_GRACE.as_secs()
+                    )));
                 }
                 report.problem = Some(format!(
                     "the VM was stopped after {} s (--timeout); see {}",
@@ -363,6 +365,11 @@ fn run_once(settings: &GuestSettings, accel: &AccelChoice) -> anyhow::Result<Att
         eprintln!("vm-test: qemu said: {}", qemu_stderr.trim());
     }
     log.flush()?;
+    if !booted && accel.may_fall_back && report.problem.is_none() {
+        return Ok(Attempt::NeverBooted(format!(
+            "QEMU stopped before the guest reached /init ({status})"
+        )));
+    }
     if report.problem.is_none() && !report.done {
         report.problem = Some(format!(
             "the guest stopped before it finished ({}, qemu {status}); see {}",
