@@ -154,6 +154,12 @@ impl KernelRun {
         if let Some(problem) = &self.report.problem {
             failures.push(problem.clone());
         }
+        match self.report.doctor_exit {
+            Some(0) => {}
+            Some(exit) => failures.push(format!("capprof doctor exited with {exit}")),
+            None if self.report.done => failures.push("capprof doctor reported nothing".to_owned()),
+            None => {}
+        }
         for &mode in &self.wanted {
             match self.report.modes.get(mode.name()) {
                 Some(result) => match &result.status {
@@ -310,6 +316,11 @@ fn print_summary(run: &KernelRun) {
     );
     if let Some(offers) = &run.report.offers {
         println!("    kernel offers: {offers}");
+    }
+    match run.report.doctor_exit {
+        Some(0) => println!("    capprof doctor: ok"),
+        Some(exit) => println!("    capprof doctor: FAILED (exit {exit})"),
+        None => {}
     }
     for mode in &run.wanted {
         let line = match run.report.modes.get(mode.name()) {

@@ -45,6 +45,10 @@ if [ "$(parameter capprof.shell)" = 1 ]; then
     poweroff -f
 fi
 
+# The real CLI on a real kernel: `capprof doctor` loads every attach path and says which work.
+/bin/capprof doctor
+echo "CAPPROF-VM-DOCTOR exit=$?"
+
 test_args=$(parameter capprof.test_args | tr , ' ')
 for mode in $(parameter capprof.modes | tr , ' '); do
     if [ "$mode" = tracepoint ] && [ "$tracepoint" = no ]; then

@@ -195,6 +195,8 @@ pub struct GuestReport {
     /// Which hooks the kernel has, as the guest saw them.
     pub offers: Option<String>,
     pub modes: BTreeMap<String, ModeResult>,
+    /// `capprof doctor`'s exit status.
+    pub doctor_exit: Option<i32>,
     pub bench_requested: bool,
     /// One line per measured mode.
     pub bench: Vec<String>,
@@ -209,6 +211,7 @@ pub struct GuestReport {
 enum Marker {
     Booted { release: String },
     Offers(String),
+    Doctor { exit: i32 },
     Start { mode: String },
     Result { mode: String, status: ModeStatus },
     Bench(String),
@@ -229,6 +232,9 @@ fn parse_marker(line: &str) -> Option<Marker> {
             release: field("kernel")?,
         },
         "OFFERS" => Marker::Offers(fields.to_owned()),
+        "DOCTOR" => Marker::Doctor {
+            exit: field("exit")?.parse().ok()?,
+        },
         "START" => Marker::Start {
             mode: field("mode")?,
         },
@@ -327,6 +333,7 @@ fn run_once(settings: &GuestSettings, accel: &AccelChoice) -> anyhow::Result<Att
                 match marker {
                     Marker::Booted { release } => report.kernel_release = Some(release),
                     Marker::Offers(offers) => report.offers = Some(offers),
+                    Marker::Doctor { exit } => report.doctor_exit = Some(exit),
                     Marker::Start { mode } => {
                         mode_started.insert(mode, Instant::now());
                     }
@@ -480,6 +487,10 @@ mod tests {
             })
         );
         assert_eq!(parse_marker("CAPPROF-VM-DONE"), Some(Marker::Done));
+        assert_eq!(
+            parse_marker("CAPPROF-VM-DOCTOR exit=4"),
+            Some(Marker::Doctor { exit: 4 })
+        );
         assert_eq!(parse_marker("CAPPROF-VM-RESULT status=pass"), None);
         assert_eq!(parse_marker("test result: ok"), None);
     }
