@@ -321,8 +321,9 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
     );
     let Some(record) = checks.get(&key) else {
         // `cap_vm_enough_memory` calls `cap_capable` directly, and kernels may inline that call
-        // (Debian 12's 6.1 does): fexit and kprobes hook only the out-of-line function and never
-        // see it. The tracepoint sits inside `cap_capable`, so it fires in inlined copies too.
+        // (Debian 12's 6.1 and 6.12 do): fexit and kprobes hook only the out-of-line function
+        // and never see it. The tracepoint sits inside `cap_capable`, so it fires in inlined
+        // copies too.
         assert!(
             mode.observes_opts(),
             "the {mode} path must see the overcommit check: {checks:?}"
