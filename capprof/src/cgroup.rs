@@ -75,24 +75,96 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The v2 hierarchy as mounted on this host, located once and asked many times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnifiedHierarchy {
+    mount: PathBuf,
+}
+
+impl UnifiedHierarchy {
+    /// Finds the v2 mount in `/proc/self/mountinfo`.
+    pub fn locate() -> Result<Self, CgroupError> {
+        Ok(Self {
+            mount: unified_mount()?,
+        })
+    }
+
+    /// A hierarchy mounted at `mount` (tests, or a caller that already knows it).
+    pub fn at(mount: impl Into<PathBuf>) -> Self {
+        Self {
+            mount: mount.into(),
+        }
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The directory of a path as `/proc/<pid>/cgroup` writes it (`/docker/<id>`).
+    pub fn directory(&self, relative: &str) -> PathBuf {
+        self.mount.join(relative.trim_start_matches('/'))
+    }
+
+    /// `path` relative to the mount, with a leading `/`, as `/proc/<pid>/cgroup` writes it;
+    /// `None` when `path` is not under the mount.
+    pub fn relative(&self, path: &Path) -> Option<String> {
+        let rest = path.strip_prefix(&self.mount).ok()?;
+        Some(format!("/{}", rest.to_string_lossy()))
+    }
+
+    /// The cgroup id of a v2 cgroup directory: its inode number.
+    pub fn id_of(&self, path: &Path) -> Result<u64, CgroupError> {
+        let canonical = path.canonicalize().map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })?;
+        if !canonical.starts_with(&self.mount) {
+            return Err(CgroupError::NotInUnifiedHierarchy {
+                path: path.into(),
+                mount: self.mount.clone(),
+            });
+        }
+        let metadata = std::fs::metadata(&canonical).map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Ok(metadata.ino())
+    }
+
+    /// The absolute v2 cgroup directory and id of a process.
+    pub fn of_pid(&self, pid: u32) -> Result<(PathBuf, u64), CgroupError> {
+        let directory = self.directory(&relative_path_of_pid(pid)?);
+        let id = self.id_of(&directory)?;
+        Ok((directory, id))
+    }
+
+    /// The directory of the live v2 cgroup with this id, or `None` when no such cgroup exists
+    /// (any more).
+    ///
+    /// Asks the kernel directly with a kernfs file handle (the id is the handle), which needs
+    /// `CAP_DAC_READ_SEARCH`; without it, walks the hierarchy looking for the inode.
+    pub fn path_of_id(&self, id: u64) -> Result<Option<PathBuf>, CgroupError> {
+        match open_by_kernfs_id(&self.mount, id) {
+            Ok(found) => Ok(found),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
+                find_directory_with_inode(&self.mount, id)
+            }
+            Err(source) => Err(CgroupError::Io {
+                path: self.mount.clone(),
+                source,
+            }),
+        }
+    }
+}
+
 /// The cgroup id of a v2 cgroup directory: its inode number.
 pub fn id_of(path: &Path) -> Result<u64, CgroupError> {
-    let mount = unified_mount()?;
-    let canonical = path.canonicalize().map_err(|source| CgroupError::Io {
-        path: path.into(),
-        source,
-    })?;
-    if !canonical.starts_with(&mount) {
-        return Err(CgroupError::NotInUnifiedHierarchy {
-            path: path.into(),
-            mount,
-        });
-    }
-    let metadata = std::fs::metadata(&canonical).map_err(|source| CgroupError::Io {
-        path: path.into(),
-        source,
-    })?;
-    Ok(metadata.ino())
+    UnifiedHierarchy::locate()?.id_of(path)
 }
 
 /// The v2 cgroup path of a process relative to the v2 mount (`/docker/<id>`), from
@@ -111,10 +183,86 @@ fn parse_unified_membership(proc_cgroup: &str) -> Option<String> {
 
 /// The absolute v2 cgroup directory and id of a process.
 pub fn of_pid(pid: u32) -> Result<(PathBuf, u64), CgroupError> {
-    let relative = relative_path_of_pid(pid)?;
-    let directory = unified_mount()?.join(relative.trim_start_matches('/'));
-    let id = id_of(&directory)?;
-    Ok((directory, id))
+    UnifiedHierarchy::locate()?.of_pid(pid)
+}
+
+/// The directory of the live v2 cgroup with this id; see [`UnifiedHierarchy::path_of_id`].
+pub fn path_of_id(id: u64) -> Result<Option<PathBuf>, CgroupError> {
+    UnifiedHierarchy::locate()?.path_of_id(id)
+}
+
+/// `FILEID_KERNFS` from `include/linux/exportfs.h`: a handle holding the 64-bit kernfs node id,
+/// which is also the cgroup id `bpf_get_current_cgroup_id()` returns.
+const FILEID_KERNFS: i32 = 0xfe;
+
+#[repr(C)]
+struct KernfsFileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    node_id: u64,
+}
+
+fn open_by_kernfs_id(mount: &Path, id: u64) -> std::io::Result<Option<PathBuf>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let mount_dir = std::fs::File::open(mount)?;
+    let mut handle = KernfsFileHandle {
+        handle_bytes: size_of::<u64>() as u32,
+        handle_type: FILEID_KERNFS,
+        node_id: id,
+    };
+    // SAFETY: `handle` is a `struct file_handle` header followed by `handle_bytes` bytes of
+    // handle, which is the layout the syscall reads; it only reads through the pointer.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_dir.as_raw_fd(),
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        // ESTALE: no node with this id; ENOENT: it was removed while being opened.
+        return match error.raw_os_error() {
+            Some(libc::ESTALE | libc::ENOENT) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    let directory = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", directory.as_raw_fd()))?;
+    Ok(Some(path))
+}
+
+/// The slow way for unprivileged callers: a depth-first walk of the v2 hierarchy.
+fn find_directory_with_inode(mount: &Path, inode: u64) -> Result<Option<PathBuf>, CgroupError> {
+    let mut pending = vec![mount.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            // Cgroups come and go while we walk.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(CgroupError::Io {
+                    path: directory,
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_dir() {
+                continue;
+            }
+            if metadata.ino() == inode {
+                return Ok(Some(entry.path()));
+            }
+            pending.push(entry.path());
+        }
+    }
+    Ok(None)
 }
 
 /// A v2 cgroup directory capprof created, removed again on drop.
@@ -171,27 +319,6 @@ impl Drop for OwnedCgroup {
     }
 }
 
-/// The directory of the v2 cgroup with this id, searched under the v2 mount (ids are inode
-/// numbers, so only a walk finds them). `None` once the cgroup is gone.
-pub fn path_of_id(id: u64) -> Option<PathBuf> {
-    let mount = unified_mount().ok()?;
-    find_inode(&mount, id, 8)
-}
-
-fn find_inode(directory: &Path, id: u64, depth: u32) -> Option<PathBuf> {
-    if std::fs::metadata(directory).ok()?.ino() == id {
-        return Some(directory.to_path_buf());
-    }
-    if depth == 0 {
-        return None;
-    }
-    std::fs::read_dir(directory)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-        .find_map(|entry| find_inode(&entry.path(), id, depth - 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,12 +366,58 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_keep_the_leading_slash() {
+        let hierarchy = UnifiedHierarchy::at("/sys/fs/cgroup/unified");
+        let directory = hierarchy.directory("/docker/abc");
+        assert_eq!(directory, Path::new("/sys/fs/cgroup/unified/docker/abc"));
+        assert_eq!(
+            hierarchy.relative(&directory),
+            Some("/docker/abc".to_owned())
+        );
+        assert_eq!(hierarchy.relative(hierarchy.mount()), Some("/".to_owned()));
+        assert_eq!(hierarchy.relative(Path::new("/tmp/x")), None);
+    }
+
+    #[test]
+    fn finds_a_cgroup_directory_from_its_id() {
+        let (directory, id) = match of_pid(std::process::id()) {
+            Ok(found) => found,
+            Err(CgroupError::NoUnifiedHierarchy) => {
+                return crate::test_support::skip_unless_ci("no cgroup v2 mount");
+            }
+            Err(other) => panic!("{other}"),
+        };
+        let found = path_of_id(id).expect("look up own cgroup id");
+        assert_eq!(
+            found.map(|path| path.canonicalize().unwrap()),
+            Some(directory.canonicalize().unwrap())
+        );
+        let mount = unified_mount().unwrap();
+        assert_eq!(
+            find_directory_with_inode(&mount, id)
+                .unwrap()
+                .map(|path| path.canonicalize().unwrap())
+                .or_else(|| (id == ROOT_CGROUP_ID).then(|| mount.canonicalize().unwrap())),
+            Some(directory.canonicalize().unwrap())
+        );
+    }
+
+    #[test]
+    fn an_id_no_cgroup_has_is_not_found() {
+        if let Err(CgroupError::NoUnifiedHierarchy) = unified_mount() {
+            return crate::test_support::skip_unless_ci("no cgroup v2 mount");
+        }
+        // Kernfs ids count up from 1; this one is far beyond any a booted kernel has handed out.
+        assert_eq!(path_of_id(u64::MAX - 7).unwrap(), None);
+    }
+
+    #[test]
     fn own_cgroup_has_an_id() {
         match of_pid(std::process::id()) {
             Ok((directory, id)) => {
                 assert!(directory.is_dir(), "{}", directory.display());
                 assert!(id >= ROOT_CGROUP_ID);
-                assert_eq!(path_of_id(id), Some(directory));
+                assert_eq!(path_of_id(id).unwrap(), Some(directory));
             }
             Err(CgroupError::NoUnifiedHierarchy) => {
                 crate::test_support::skip_unless_ci("no cgroup v2 mount")

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use capprof_common::{
     CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, CheckEvent, CheckKey, Counter, EVENTS_MAP,
-    KERNEL_STACKS_MAP,
+    HOT_SLOT_COUNT, HOT_SLOTS_MAP, HotSlot, KERNEL_STACKS_MAP,
 };
 use serde::Serialize;
 
@@ -79,6 +79,7 @@ pub trait CheckSource {
 /// Reads the maps of a loaded [`Tracer`].
 pub struct KernelCollector {
     counts: PerCpuHashMap<MapData, CheckKey, u64>,
+    hot_slots: PerCpuArray<MapData, HotSlot>,
     events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -97,6 +98,7 @@ impl KernelCollector {
             |name: &'static str| tracer.take_map(name).ok_or(CollectError::MissingMap(name));
         let map_error = |map: &'static str| move |source| CollectError::Map { map, source };
         let counts = take(CHECK_COUNTS_MAP)?;
+        let hot_slots = take(HOT_SLOTS_MAP)?;
         let events = take(EVENTS_MAP)?;
         let stacks = take(KERNEL_STACKS_MAP)?;
         let counters = take(COUNTERS_MAP)?;
@@ -104,6 +106,7 @@ impl KernelCollector {
         let _ = CALL_SITES_MAP;
         Ok(Self {
             counts: PerCpuHashMap::try_from(counts).map_err(map_error(CHECK_COUNTS_MAP))?,
+            hot_slots: PerCpuArray::try_from(hot_slots).map_err(map_error(HOT_SLOTS_MAP))?,
             events: RingBuf::try_from(events).map_err(map_error(EVENTS_MAP))?,
             stacks: StackTraceMap::try_from(stacks).map_err(map_error(KERNEL_STACKS_MAP))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(COUNTERS_MAP))?,
@@ -125,6 +128,19 @@ impl CheckSource for KernelCollector {
         }
 
         let mut totals: HashMap<CheckKey, u64> = HashMap::new();
+        // A key is counted in its hot slot or in the hash map on each CPU, never both.
+        for index in 0..HOT_SLOT_COUNT {
+            let per_cpu = self
+                .hot_slots
+                .get(&index, 0)
+                .map_err(|source| CollectError::Map {
+                    map: HOT_SLOTS_MAP,
+                    source,
+                })?;
+            for slot in per_cpu.iter().filter(|slot| slot.count > 0) {
+                *totals.entry(slot.key).or_default() += slot.count;
+            }
+        }
         for entry in self.counts.iter() {
             let (key, per_cpu) = entry.map_err(|source| CollectError::Map {
                 map: CHECK_COUNTS_MAP,

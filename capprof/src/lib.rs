@@ -3,6 +3,7 @@
 //! The library holds everything; the `capprof` binary's CLI, its daemon and the tests are thin
 //! shells over it.
 
+pub mod api;
 pub mod attach;
 pub mod baseline;
 pub mod bpffs;
@@ -14,6 +15,7 @@ pub mod classify;
 pub mod collector;
 pub mod compose;
 pub mod daemon;
+pub mod docker;
 pub mod fold;
 pub mod kallsyms;
 pub mod kernel_layout;
@@ -21,6 +23,7 @@ pub mod loader;
 pub mod privileges;
 pub mod profile;
 pub mod recommend;
+pub mod report_output;
 pub mod store;
 pub mod trace;
 pub mod trace_output;

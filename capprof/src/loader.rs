@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use capprof_common::{
     CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, EVENTS_MAP, FEXIT_PROGRAM, HOOKED_FUNCTION,
-    KERNEL_STACKS_MAP, KPROBE_PROGRAM, KRETPROBE_PROGRAM, PENDING_CHECKS_MAP, TRACEPOINT_PROGRAM,
-    globals,
+    HOT_SLOTS_MAP, KERNEL_STACKS_MAP, KPROBE_PROGRAM, KRETPROBE_PROGRAM, PENDING_CHECKS_MAP,
+    TRACEPOINT_PROGRAM, globals,
 };
 use tracing::{debug, info};
 
@@ -167,6 +167,22 @@ impl Tracer {
             )
             .override_global(globals::TASK_FLAGS_OFFSET, &layout.task_flags_offset, true)
             .override_global(globals::TASK_COMM_OFFSET, &layout.task_comm_offset, true)
+            .override_global(
+                globals::TASK_CGROUPS_OFFSET,
+                &layout.task_cgroups_offset,
+                true,
+            )
+            .override_global(
+                globals::CSS_SET_DFL_CGRP_OFFSET,
+                &layout.css_set_dfl_cgrp_offset,
+                true,
+            )
+            .override_global(globals::CGROUP_KN_OFFSET, &layout.cgroup_kn_offset, true)
+            .override_global(
+                globals::KERNFS_NODE_ID_OFFSET,
+                &layout.kernfs_node_id_offset,
+                true,
+            )
             .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid_offset, true)
             .override_global(
                 globals::PT_REGS_SYSCALL_NR_OFFSET,
@@ -242,7 +258,7 @@ impl Tracer {
             CHECK_COUNTS_MAP => Map::PerCpuHashMap(data),
             EVENTS_MAP => Map::RingBuf(data),
             KERNEL_STACKS_MAP => Map::StackTraceMap(data),
-            COUNTERS_MAP => Map::PerCpuArray(data),
+            COUNTERS_MAP | HOT_SLOTS_MAP => Map::PerCpuArray(data),
             _ => Map::HashMap(data),
         })
     }
@@ -403,7 +419,8 @@ pub(crate) fn attach_cap_capable_tracepoint(
 }
 
 /// The maps a pinned tracer keeps in bpffs, by their names in the object.
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 7] = [
+    HOT_SLOTS_MAP,
     CHECK_COUNTS_MAP,
     CALL_SITES_MAP,
     KERNEL_STACKS_MAP,

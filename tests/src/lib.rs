@@ -1,6 +1,9 @@
-//! The harness behind capprof's integration tests: CI policy, test cgroups, and the trigger
-//! program that makes known capability checks.
+//! The harness behind capprof's integration tests: the CI skip policy, test cgroups, the trigger
+//! program that makes known capability checks, a real Docker engine, and an API server over a
+//! real store.
 
+pub mod api;
 pub mod cgroups;
 pub mod ci;
+pub mod docker;
 pub mod trigger;

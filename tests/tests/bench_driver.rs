@@ -102,7 +102,7 @@ fn capprof_counts_every_check_of_the_loop_in_its_private_cgroup() {
     );
     assert_eq!(report["counters"]["checks_dropped"], 0);
     assert_eq!(
-        capprof::cgroup::path_of_id(cgroup_id),
+        capprof::cgroup::path_of_id(cgroup_id).expect("look up the cgroup id"),
         None,
         "the loop removed its cgroup"
     );

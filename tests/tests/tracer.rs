@@ -50,7 +50,7 @@ impl Session {
         match TraceSession::start(&options) {
             Ok(trace) => Some(Self { trace }),
             Err(error @ TraceError::Load(LoadError::Btf(_) | LoadError::NoAttachPath { .. })) => {
-                ci::skip_or_fail(&format!("the kernel cannot run the tracer: {error}"));
+                ci::skip_or_fail(format!("the kernel cannot run the tracer: {error}"));
                 None
             }
             Err(error) => panic!("starting the tracer failed: {error}"),

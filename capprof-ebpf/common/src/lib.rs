@@ -13,6 +13,8 @@ pub const CALL_SITES_MAP: &str = "CALL_SITES";
 pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
 /// Name of the ring buffer that carries [`CheckEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of [`HotSlot`]s.
+pub const HOT_SLOTS_MAP: &str = "HOT_SLOTS";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the per-task scratch map the kprobe program uses to hand arguments to the kretprobe.
@@ -53,6 +55,14 @@ pub mod globals {
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
     /// `u32`: byte offset of `comm` in `struct task_struct`, read from kernel BTF.
     pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
+    /// `u32`: byte offset of `cgroups` in `struct task_struct`.
+    pub const TASK_CGROUPS_OFFSET: &str = "TASK_CGROUPS_OFFSET";
+    /// `u32`: byte offset of `dfl_cgrp` in `struct css_set`.
+    pub const CSS_SET_DFL_CGRP_OFFSET: &str = "CSS_SET_DFL_CGRP_OFFSET";
+    /// `u32`: byte offset of `kn` in `struct cgroup`.
+    pub const CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+    /// `u32`: byte offset of `id` in `struct kernfs_node`.
+    pub const KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
     /// `u32`: byte offset of `euid` in `struct cred`, read from kernel BTF.
     pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
     /// `u32`: byte offset of the syscall-number slot in `struct pt_regs` (`orig_ax` on x86_64).
@@ -114,14 +124,29 @@ pub mod check_flags {
     pub const RUNTIME_INIT: u32 = 1 << 6;
 }
 
-/// Task-name prefixes of container runtimes' init processes, as (little-endian bytes, mask) over
-/// the first eight bytes of `comm`. runc and youki name their stages `runc:[0:PARENT]`,
-/// `runc:[1:CHILD]`, `runc:[2:INIT]`; crun keeps its own name until it executes the entrypoint.
-pub const RUNTIME_INIT_COMMS: [(u64, u64); 3] = [
+/// Task names of container runtimes at work inside a container's cgroup, as (little-endian bytes,
+/// mask) over the first eight bytes of `comm`: `runc init` starts as `runc` (or `memfd:runc_clon`
+/// when runc runs from its sealed memfd copy) and names its stages `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]`; youki does the same with `youki:[`; crun keeps its name.
+pub const RUNTIME_INIT_COMMS: [(u64, u64); 7] = [
     (u64::from_le_bytes(*b"runc:[\0\0"), 0x0000_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"runc\0\0\0\0"), 0x0000_00ff_ffff_ffff),
+    (u64::from_le_bytes(*b"memfd:ru"), u64::MAX),
     (u64::from_le_bytes(*b"youki:[\0"), 0x00ff_ffff_ffff_ffff),
+    (u64::from_le_bytes(*b"youki\0\0\0"), 0x0000_ffff_ffff_ffff),
     (u64::from_le_bytes(*b"crun\0\0\0\0"), 0x0000_00ff_ffff_ffff),
+    (u64::from_le_bytes(*b"memfd:cr"), u64::MAX),
 ];
+
+/// Whether a task whose `comm` starts with these eight bytes (little-endian) is a runtime's init.
+#[inline(always)]
+pub fn is_runtime_init_comm(first_eight: u64) -> bool {
+    let mut found = false;
+    for (prefix, mask) in RUNTIME_INIT_COMMS {
+        found |= first_eight & mask == prefix;
+    }
+    found
+}
 
 /// The kernel's `CAP_OPT_NOAUDIT` bit in `cap_capable`'s `opts`.
 pub const CAP_OPT_NOAUDIT: u32 = 1 << 1;
@@ -147,6 +172,28 @@ pub struct CheckKey {
     pub syscall_nr: i32,
     /// [`check_flags`] bits.
     pub flags: u32,
+}
+
+/// How many hot slots each CPU has (a power of two).
+pub const HOT_SLOT_COUNT: u32 = 256;
+
+/// A per-CPU counter owned by the first key that hashed to it (`count == 0`: unclaimed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotSlot {
+    pub key: CheckKey,
+    pub count: u64,
+}
+
+/// The hot slot a key may own: a cheap mix of its fields, the same in the kernel and in tests.
+#[inline(always)]
+pub fn hot_slot_index(key: &CheckKey) -> u32 {
+    let mixed = key.cgroup_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(key.cap) << 8
+        ^ u64::from(key.verdict) << 15
+        ^ u64::from(key.syscall_nr as u32) << 16
+        ^ u64::from(key.flags) << 40;
+    ((mixed ^ mixed >> 29 ^ mixed >> 47) as u32) & (HOT_SLOT_COUNT - 1)
 }
 
 /// One kernel call path under a [`CheckKey`].
@@ -226,6 +273,49 @@ const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
 const _: () = assert!(core::mem::size_of::<CheckEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
 const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<HotSlot>() == 32);
+const _: () = assert!(HOT_SLOT_COUNT.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    use super::is_runtime_init_comm;
+
+    fn first_eight(comm: &str) -> u64 {
+        let mut bytes = [0u8; 8];
+        let len = comm.len().min(8);
+        bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+        u64::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn runtime_inits_are_recognised_and_nothing_else() {
+        for comm in [
+            "runc:[0:PARENT]",
+            "runc:[1:CHILD]",
+            "runc:[2:INIT]",
+            "runc",
+            "memfd:runc_clon",
+            "youki:[2:INIT]",
+            "youki",
+            "crun",
+            "memfd:crun_clon",
+        ] {
+            assert!(is_runtime_init_comm(first_eight(comm)), "{comm}");
+        }
+        for comm in [
+            "runcible",
+            "runc-init",
+            "crunch",
+            "httpd",
+            "exe",
+            "youkii",
+            "memfd:other",
+            "",
+        ] {
+            assert!(!is_runtime_init_comm(first_eight(comm)), "{comm}");
+        }
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -235,4 +325,5 @@ mod pod {
     unsafe impl aya::Pod for super::CallSiteKey {}
     unsafe impl aya::Pod for super::CheckEvent {}
     unsafe impl aya::Pod for super::PendingCheck {}
+    unsafe impl aya::Pod for super::HotSlot {}
 }

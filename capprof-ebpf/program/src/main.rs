@@ -13,14 +13,16 @@
 //! count reaches a power of two ([`report_call_site`]).
 #![no_std]
 #![no_main]
+// Inline BPF assembly for the atomic add (`lock *(u64 *)(r + 0) += r`).
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_task_btf, generated::bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+        generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -31,8 +33,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use capprof_common::{
     CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CallSiteKey, CapCapableAbi, CheckEvent, CheckKey, Counter,
-    DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, PendingCheck,
-    RUNTIME_INIT_COMMS, Verdict, check_flags,
+    DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES, DEFAULT_EVENTS_BYTES, HOT_SLOT_COUNT,
+    HotSlot, PendingCheck, Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -45,6 +47,14 @@ static TASK_REAL_CRED_OFFSET: u32 = 0;
 static TASK_FLAGS_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_COMM_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_CGRP_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static CRED_EUID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
@@ -70,6 +80,9 @@ static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_CALL_SIT
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 
 #[map]
+static HOT_SLOTS: PerCpuArray<HotSlot> = PerCpuArray::with_max_entries(HOT_SLOT_COUNT, 0);
+
+#[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::ALL.len() as u32, 0);
 
 /// Arguments stashed by the kprobe for the kretprobe, per task (`pid_tgid`). `cap_capable` never
@@ -83,7 +96,7 @@ pub fn cap_capable_tp(ctx: BtfTracePointContext) -> i32 {
     let cred: u64 = ctx.arg(0);
     let cap: i32 = ctx.arg(3);
     let ret: i32 = ctx.arg(4);
-    count_check(&ctx, cred, CredAccess::Typed, cap, ret, None);
+    count_check(&ctx, Hook::Tracepoint, cred, cap, ret, None);
     0
 }
 
@@ -120,7 +133,7 @@ pub fn cap_capable_fexit(ctx: FExitContext) -> i32 {
     let cap: i32 = ctx.arg(2);
     let raw_opts: u32 = ctx.arg(3);
     let ret: i32 = ctx.arg(4);
-    count_check(&ctx, cred, CredAccess::Typed, cap, ret, Some(raw_opts));
+    count_check(&ctx, Hook::Fexit, cred, cap, ret, Some(raw_opts));
     0
 }
 
@@ -153,8 +166,8 @@ pub fn cap_capable_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     count_check(
         &ctx,
+        Hook::Kretprobe,
         pending.cred,
-        CredAccess::Untyped,
         pending.cap as i32,
         ret,
         Some(pending.raw_opts),
@@ -162,36 +175,51 @@ pub fn cap_capable_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// How the checked `cred` pointer may be read. The tracepoint and fexit programs receive it as a
-/// BTF-typed pointer, which the verifier lets the program load from directly (a plain memory load,
-/// made fault-safe by the kernel); a kprobe sees a bare integer and must use
-/// `bpf_probe_read_kernel`, a helper call costing tens of nanoseconds.
-#[derive(Clone, Copy)]
-enum CredAccess {
-    Typed,
-    Untyped,
+/// Which program is counting, for the two things that differ between them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Tracepoint,
+    Fexit,
+    Kretprobe,
+}
+
+impl Hook {
+    /// The tracepoint and fexit programs receive `cred` as a BTF-typed pointer, which the verifier
+    /// lets the program load from directly (a plain memory load, made fault-safe by the kernel); a
+    /// kretprobe has a bare integer stashed by the kprobe and must use `bpf_probe_read_kernel`.
+    fn cred_is_typed(self) -> bool {
+        self != Hook::Kretprobe
+    }
+
+    /// Tracepoints and kprobes run with preemption disabled, so a read-modify-write of this CPU's
+    /// counters cannot interleave with another check. BPF trampolines (fexit) only disable
+    /// migration: another task can preempt the program on the same CPU, so fexit adds atomically
+    /// and leaves the hot slots, whose claiming is not atomic, alone.
+    fn preemptible(self) -> bool {
+        self == Hook::Fexit
+    }
 }
 
 /// The hot path shared by every attach mode.
 #[inline(always)]
 fn count_check<C: EbpfContext + StackIdContext>(
     ctx: &C,
+    hook: Hook,
     cred: u64,
-    cred_access: CredAccess,
     cap: i32,
     ret: i32,
     raw_opts: Option<u32>,
 ) {
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: returns the current task as a BTF-typed pointer; loads from it at offsets taken
+    // from kernel BTF are checked by the verifier and made fault-safe by the kernel.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let cgroup_id = current_cgroup_id(task);
     let target = unsafe { core::ptr::read_volatile(&TARGET_CGROUP_ID) };
     if target != 0 && target != cgroup_id {
         return;
     }
-    // SAFETY: returns the current task as a BTF-typed pointer; loads from it at offsets taken
-    // from kernel BTF are checked by the verifier and made fault-safe by the kernel.
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
     let (syscall_nr, mut flags) = current_syscall(task);
-    flags |= cred_flags(task, cred, cred_access);
+    flags |= cred_flags(task, cred, hook.cred_is_typed());
     flags |= runtime_init_flag(task);
     if let Some(raw_opts) = raw_opts {
         flags |= opts_flags(raw_opts);
@@ -207,7 +235,7 @@ fn count_check<C: EbpfContext + StackIdContext>(
         syscall_nr,
         flags,
     };
-    let Some(count) = increment(&key) else {
+    let Some(count) = increment(&key, hook.preemptible()) else {
         bump(Counter::ChecksDropped);
         return;
     };
@@ -216,23 +244,67 @@ fn count_check<C: EbpfContext + StackIdContext>(
     }
 }
 
-/// Adds one to the key's per-CPU count and returns the new count, or `None` when the map is full.
+/// Adds one to the key's count on this CPU and returns the new count, or `None` when the key has
+/// no hot slot and the aggregate map is full.
+///
+/// Most checks come from few keys, so each key first tries its hot slot, a per-CPU array entry
+/// chosen by [`hot_slot_index`]: an array access and a compare instead of a hash-map lookup. The
+/// first key to land in a slot owns it for good; others go to the hash map. A key is thus counted
+/// in exactly one place per CPU and user space adds the two up, exactly.
 #[inline(always)]
-fn increment(key: &CheckKey) -> Option<u64> {
-    if let Some(count) = CHECK_COUNTS.get_ptr_mut(key) {
-        // SAFETY: a per-CPU value of this CPU; the program runs with migration disabled.
-        unsafe {
-            *count += 1;
-            return Some(*count);
+fn increment(key: &CheckKey, preemptible: bool) -> Option<u64> {
+    if !preemptible && let Some(slot) = HOT_SLOTS.get_ptr_mut(hot_slot_index(key)) {
+        // SAFETY: this CPU's slot; preemption is disabled (see `Hook::preemptible`).
+        let slot = unsafe { &mut *slot };
+        if slot.count == 0 {
+            slot.key = *key;
+            slot.count = 1;
+            return Some(1);
         }
+        if slot.key == *key {
+            slot.count += 1;
+            return Some(slot.count);
+        }
+    }
+    if let Some(count) = CHECK_COUNTS.get_ptr_mut(key) {
+        return Some(add_one(count, preemptible));
     }
     match CHECK_COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)) {
         Ok(()) => Some(1),
         // Another program on this CPU inserted the key between our lookup and insert.
-        Err(_) => CHECK_COUNTS.get_ptr_mut(key).map(|count| unsafe {
+        Err(_) => CHECK_COUNTS
+            .get_ptr_mut(key)
+            .map(|count| add_one(count, preemptible)),
+    }
+}
+
+/// Adds one to a counter of this CPU and returns the new value; atomically where the program can
+/// be preempted.
+#[inline(always)]
+fn add_one(count: *mut u64, preemptible: bool) -> u64 {
+    // SAFETY: `count` points into a map value of this CPU.
+    unsafe {
+        if preemptible {
+            core::arch::asm!("lock *(u64 *)({count} + 0) += {one}", count = in(reg) count, one = in(reg) 1u64);
+            *count
+        } else {
             *count += 1;
             *count
-        }),
+        }
+    }
+}
+
+/// `bpf_get_current_cgroup_id()` without the helper call: `task->cgroups->dfl_cgrp->kn->id`,
+/// four loads the verifier checks against kernel BTF.
+#[inline(always)]
+fn current_cgroup_id(task: u64) -> u64 {
+    // SAFETY: each pointer comes from a BTF-typed load of the previous object, at offsets from
+    // kernel BTF; tracing programs run inside an RCU read-side section, which `cgroups` needs.
+    unsafe {
+        let css_set: u64 = load(task, &TASK_CGROUPS_OFFSET);
+        let cgroup: u64 = load(css_set, &CSS_SET_DFL_CGRP_OFFSET);
+        let kernfs_node: u64 = load(cgroup, &CGROUP_KN_OFFSET);
+        load(kernfs_node, &KERNFS_NODE_ID_OFFSET)
     }
 }
 
@@ -269,20 +341,19 @@ fn current_syscall(task: u64) -> (i32, u32) {
 
 /// [`check_flags::FOREIGN_CRED`] and [`check_flags::NONROOT_EUID`] for the checked `cred`.
 #[inline(always)]
-fn cred_flags(task: u64, cred: u64, access: CredAccess) -> u32 {
+fn cred_flags(task: u64, cred: u64, cred_is_typed: bool) -> u32 {
     let mut flags = 0;
     // SAFETY: `task` comes from `bpf_get_current_task_btf`.
     let real_cred: u64 = unsafe { load(task, &TASK_REAL_CRED_OFFSET) };
     if real_cred != cred {
         flags |= check_flags::FOREIGN_CRED;
     }
-    let euid = match access {
+    let euid = if cred_is_typed {
         // SAFETY: the tracepoint and fexit hand `cred` over as a BTF-typed `struct cred *`.
-        CredAccess::Typed => Some(unsafe { load::<u32>(cred, &CRED_EUID_OFFSET) }),
-        CredAccess::Untyped => {
-            let offset = unsafe { core::ptr::read_volatile(&CRED_EUID_OFFSET) } as u64;
-            unsafe { bpf_probe_read_kernel((cred + offset) as *const u32) }.ok()
-        }
+        Some(unsafe { load::<u32>(cred, &CRED_EUID_OFFSET) })
+    } else {
+        let offset = unsafe { core::ptr::read_volatile(&CRED_EUID_OFFSET) } as u64;
+        unsafe { bpf_probe_read_kernel((cred + offset) as *const u32) }.ok()
     };
     if euid != Some(0) {
         flags |= check_flags::NONROOT_EUID;
@@ -295,13 +366,11 @@ fn cred_flags(task: u64, cred: u64, access: CredAccess) -> u32 {
 fn runtime_init_flag(task: u64) -> u32 {
     // SAFETY: `task` comes from `bpf_get_current_task_btf`; `comm` is at least 16 bytes.
     let comm: u64 = unsafe { load(task, &TASK_COMM_OFFSET) };
-    let mut flag = 0;
-    for (prefix, mask) in RUNTIME_INIT_COMMS {
-        if comm & mask == prefix {
-            flag = check_flags::RUNTIME_INIT;
-        }
+    if is_runtime_init_comm(comm) {
+        check_flags::RUNTIME_INIT
+    } else {
+        0
     }
-    flag
 }
 
 /// Normalises the 4th argument of `cap_capable` into [`check_flags`] bits.

@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
-use capprof::{loader::LoadError, trace::TraceError};
+use capprof::{
+    api::{ClientError, FailureKind},
+    loader::LoadError,
+    trace::TraceError,
+};
 
 /// How the process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +15,16 @@ pub enum Exit {
     Failure,
     Privileges,
     KernelUnsupported,
+    /// A client command found no daemon to talk to.
+    DaemonNotRunning,
+    /// No such container, service or image, or an ambiguous name.
+    NotFound,
+    /// The daemon's socket is not open to the caller.
+    PermissionDenied,
+    /// The daemon cannot answer now.
+    Unavailable,
+    /// The request was malformed (like a usage error).
+    BadUsage,
     /// A traced command's own exit status.
     Command(u8),
 }
@@ -18,6 +32,17 @@ pub enum Exit {
 impl Exit {
     /// The exit code for an error that reached the edge.
     pub fn for_error(error: &anyhow::Error) -> Self {
+        if let Some(client) = error.downcast_ref::<ClientError>() {
+            return match client.kind() {
+                FailureKind::DaemonNotRunning => Exit::DaemonNotRunning,
+                FailureKind::PermissionDenied => Exit::PermissionDenied,
+                FailureKind::NotFound => Exit::NotFound,
+                FailureKind::BadRequest => Exit::BadUsage,
+                FailureKind::KernelUnsupported => Exit::KernelUnsupported,
+                FailureKind::Unavailable => Exit::Unavailable,
+                FailureKind::Other => Exit::Failure,
+            };
+        }
         let load = error.downcast_ref::<LoadError>().or_else(|| {
             match error.downcast_ref::<TraceError>() {
                 Some(TraceError::Load(load)) => Some(load),
@@ -38,7 +63,12 @@ impl From<Exit> for ExitCode {
             Exit::Success => ExitCode::SUCCESS,
             Exit::Failure => ExitCode::from(1),
             Exit::Privileges => ExitCode::from(3),
+            Exit::BadUsage => ExitCode::from(2),
             Exit::KernelUnsupported => ExitCode::from(4),
+            Exit::DaemonNotRunning => ExitCode::from(5),
+            Exit::NotFound => ExitCode::from(6),
+            Exit::PermissionDenied => ExitCode::from(7),
+            Exit::Unavailable => ExitCode::from(8),
             Exit::Command(code) => ExitCode::from(code),
         }
     }

@@ -2,8 +2,14 @@
 //! library; errors become messages and exit codes here, at the edge.
 
 mod doctor;
+mod events;
 mod exit;
+mod ps;
+mod report;
+mod reset;
+mod status;
 mod trace;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -18,6 +24,10 @@ Exit codes:
   2   bad usage
   3   insufficient privileges (capprof loads eBPF: run as root, or grant CAP_BPF, CAP_PERFMON)
   4   the kernel lacks what capprof needs (BTF, or no way to hook cap_capable)
+  5   the capprof daemon is not running (start it with `sudo capprof daemon`)
+  6   no container, service or image has that name, or several do (the message lists them)
+  7   permission denied on the daemon's socket (run with sudo, or join the `capprof` group)
+  8   the daemon cannot answer now (shutting down, busy, or not collecting): try again
   With `trace -- COMMAND`, capprof exits with the command's status.";
 
 /// Which Linux capabilities does this container really need?
@@ -39,6 +49,12 @@ struct Cli {
 enum Command {
     Trace(trace::TraceArgs),
     Doctor(doctor::DoctorArgs),
+    Report(report::ReportArgs),
+    Ps(ps::PsArgs),
+    Watch(watch::WatchArgs),
+    Events(events::EventsArgs),
+    Status(status::StatusArgs),
+    Reset(reset::ResetArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
@@ -64,6 +80,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Report(args) => report::run(args).await,
+            Command::Ps(args) => ps::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
+            Command::Events(args) => events::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Reset(args) => reset::run(args).await,
         }
     });
     match outcome {

@@ -228,7 +228,10 @@ impl Printer {
 
     fn print_summary(&self, session: &TraceSession) -> anyhow::Result<()> {
         let summaries = trace_output::summarize(session.table(), |id| {
-            cgroup::path_of_id(id).map(|path| path.display().to_string())
+            cgroup::path_of_id(id)
+                .ok()
+                .flatten()
+                .map(|path| path.display().to_string())
         });
         let mut out = std::io::stdout().lock();
         match self.format {
