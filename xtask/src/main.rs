@@ -10,6 +10,7 @@ mod process;
 mod setup;
 mod stats;
 mod suite;
+mod vm;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -35,9 +36,12 @@ enum Task {
     /// Measure what capprof adds to each capability check, next to no program, an empty program
     /// and bpftrace (needs root).
     Bench(bench::BenchOptions),
-    /// Run the whole test suite as CI does: setup, cargo test, clippy, rustfmt. Set CI=true to
-    /// turn skipped tests into failures.
+    /// Run the whole test suite as CI does: setup, cargo test, clippy, rustfmt, and the VM tests.
+    /// Set CI=true to turn skipped tests into failures.
     Test(suite::TestOptions),
+    /// Boot real kernels (Debian 12's 6.1 by default) under QEMU and run the tracer's integration
+    /// tests there once per attach mode: the fentry and kprobe paths this kernel may lack.
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup(options) => setup::run(&workspace, options),
         Task::Bench(options) => bench::run(&workspace, &options),
         Task::Test(options) => suite::run(suite::plan(&workspace, options)),
+        Task::VmTest(args) => vm::run(&workspace, args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

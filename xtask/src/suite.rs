@@ -1,7 +1,7 @@
-//! `cargo xtask test`: the whole test suite, as CI runs it: setup, the tests, clippy, rustfmt.
+//! `cargo xtask test`: the whole test suite, as CI runs it: setup, the tests, clippy, rustfmt,
+//! and the tracer's tests on Debian's kernels under QEMU (`vm-test`).
 //!
-//! The steps are a plain list ([`plan`]); a new kind of test (the VM tests, say) is one more
-//! [`Step`] there.
+//! The steps are a plain list ([`plan`]); a new kind of test is one more [`Step`] there.
 
 use std::{
     process::Command,
@@ -13,6 +13,7 @@ use anyhow::bail;
 use crate::{
     process::describe,
     setup::{self, SetupOptions},
+    vm,
     workspace::Workspace,
 };
 
@@ -22,6 +23,9 @@ pub struct TestOptions {
     /// Let setup only report missing packages instead of installing them.
     #[arg(long)]
     pub no_install: bool,
+    /// Leave out the VM tests (the fentry and kprobe paths on Debian's kernels under QEMU).
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 /// One step of the suite.
@@ -65,7 +69,7 @@ impl Step {
 pub fn plan(workspace: &Workspace, options: TestOptions) -> Vec<Step> {
     let setup_workspace = workspace.clone();
     let setup_options = SetupOptions {
-        vm: false,
+        vm: !options.no_vm,
         no_install: options.no_install,
     };
     let mut steps = vec![
@@ -94,6 +98,18 @@ pub fn plan(workspace: &Workspace, options: TestOptions) -> Vec<Step> {
     let mut fmt = workspace.cargo();
     fmt.args(["fmt", "--all", "--check"]);
     steps.push(Step::command(fmt));
+
+    if !options.no_vm {
+        let vm_workspace = workspace.clone();
+        let kernels = vm::CI_DEBIAN_KERNELS;
+        steps.push(Step::new(
+            format!(
+                "cargo xtask vm-test --debian-kernel {}",
+                kernels.join(" --debian-kernel ")
+            ),
+            move || vm::run(&vm_workspace, vm::VmTestArgs::debian(&kernels)),
+        ));
+    }
 
     steps
 }
@@ -249,5 +265,17 @@ mod tests {
                 .any(|name| name.ends_with("clippy --all-targets -- -D warnings"))
         );
         assert!(names.iter().any(|name| name.ends_with("fmt --all --check")));
+        assert_eq!(
+            names.last(),
+            Some(&"cargo xtask vm-test --debian-kernel 6.1 --debian-kernel 6.12")
+        );
+        let without_vm = plan(
+            &Workspace::locate(),
+            TestOptions {
+                no_vm: true,
+                ..TestOptions::default()
+            },
+        );
+        assert!(without_vm.iter().all(|step| !step.name.contains("vm-test")));
     }
 }

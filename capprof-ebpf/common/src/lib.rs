@@ -26,6 +26,11 @@ pub const TRACEPOINT_PROGRAM: &str = "cap_capable_tp";
 pub const EMPTY_TRACEPOINT_PROGRAM: &str = "cap_capable_empty";
 /// Name of the `fexit` program on `cap_capable`.
 pub const FEXIT_PROGRAM: &str = "cap_capable_fexit";
+/// Name of an `fexit` program on `cap_capable` that does nothing: the fentry path's floor.
+pub const EMPTY_FEXIT_PROGRAM: &str = "cap_capable_fexit_empty";
+/// Names of a `kprobe` and a `kretprobe` on `cap_capable` that do nothing: the kprobe path's floor.
+pub const EMPTY_KPROBE_PROGRAMS: [&str; 2] =
+    ["cap_capable_kprobe_empty", "cap_capable_kretprobe_empty"];
 /// Name of the `kprobe` program on `cap_capable`.
 pub const KPROBE_PROGRAM: &str = "cap_capable_kprobe";
 /// Name of the `kretprobe` program on `cap_capable`.

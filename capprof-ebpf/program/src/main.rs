@@ -109,6 +109,25 @@ pub fn cap_capable_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Does nothing at fexit of `cap_capable`: the benchmark's floor for the fentry path.
+#[fexit(function = "cap_capable")]
+pub fn cap_capable_fexit_empty(_ctx: FExitContext) -> i32 {
+    0
+}
+
+/// Does nothing at entry of `cap_capable`; with [`cap_capable_kretprobe_empty`], the benchmark's
+/// floor for the kprobe path, which needs both probes.
+#[kprobe(function = "cap_capable")]
+pub fn cap_capable_kprobe_empty(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// Does nothing at return of `cap_capable` (see [`cap_capable_kprobe_empty`]).
+#[kretprobe(function = "cap_capable")]
+pub fn cap_capable_kretprobe_empty(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 /// `int cap_capable(const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts)`;
 /// an fexit program sees the arguments followed by the return value.
 #[fexit(function = "cap_capable")]

@@ -14,6 +14,7 @@
 //! | `nice`        | CAP_SYS_NICE          | `setpriority` to -5 (after resetting to 0)           |
 //! | `bind80`      | CAP_NET_BIND_SERVICE  | `bind` to port 80 in a private network namespace whose `ip_unprivileged_port_start` is 1024 |
 //! | `mmap`        | CAP_SYS_ADMIN, NOAUDIT| a private writable `mmap`: the overcommit check `cap_vm_enough_memory` asks silently |
+//! | `seccomp`     | CAP_SYS_ADMIN, NOAUDIT| installing an allow-all seccomp filter without `no_new_privs`: `ns_capable_noaudit` |
 //!
 //! Everything that makes other checks (creating namespaces, files, dropping capabilities,
 //! allocating) happens *before* the process joins the cgroup, and nothing after it allocates or
@@ -31,6 +32,7 @@ enum Operation {
     Nice,
     Bind80,
     Mmap,
+    Seccomp,
 }
 
 impl Operation {
@@ -42,6 +44,7 @@ impl Operation {
             "nice" => Self::Nice,
             "bind80" => Self::Bind80,
             "mmap" => Self::Mmap,
+            "seccomp" => Self::Seccomp,
             _ => return None,
         })
     }
@@ -61,7 +64,7 @@ struct Options {
 fn usage(message: &str) -> ! {
     eprintln!("capprof-trigger: {message}");
     eprintln!(
-        "usage: capprof-trigger --cgroup DIR [--workdir DIR] [--times N] [--drop-caps] [--comm NAME] chown|sethostname|raw-icmp|nice|bind80|mmap..."
+        "usage: capprof-trigger --cgroup DIR [--workdir DIR] [--times N] [--drop-caps] [--comm NAME] chown|sethostname|raw-icmp|nice|bind80|mmap|seccomp..."
     );
     std::process::exit(2);
 }
@@ -134,6 +137,7 @@ struct Prepared {
     chown_target: CString,
     hostname: CString,
     bind_address: libc::sockaddr_in,
+    allow_all: [libc::sock_filter; 1],
 }
 
 fn prepare(options: &Options) -> Prepared {
@@ -154,6 +158,14 @@ fn prepare(options: &Options) -> Prepared {
         std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024")
             .unwrap_or_else(|error| usage(&format!("ip_unprivileged_port_start: {error}")));
     }
+    if ops.contains(&Operation::Seccomp) {
+        // With no_new_privs set the kernel installs filters without asking for a capability.
+        // SAFETY: plain prctl.
+        let no_new_privs = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+        if no_new_privs != 0 {
+            usage("seccomp needs no_new_privs unset, or the kernel makes no capability check");
+        }
+    }
     let file = options
         .workdir
         .join(format!("not-mine-{}", std::process::id()));
@@ -173,6 +185,12 @@ fn prepare(options: &Options) -> Prepared {
             },
             sin_zero: [0; 8],
         },
+        allow_all: [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }],
     }
 }
 
@@ -295,6 +313,18 @@ fn run(operation: Operation, iteration: u32, prepared: &Prepared, expect_denied:
                 }
                 libc::munmap(page, 4096);
                 true
+            }
+            Operation::Seccomp => {
+                let program = libc::sock_fprog {
+                    len: prepared.allow_all.len() as libc::c_ushort,
+                    filter: prepared.allow_all.as_ptr().cast_mut(),
+                };
+                outcome(libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &program as *const libc::sock_fprog,
+                ))
             }
             Operation::Bind80 => {
                 let fd = libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0);
