@@ -200,7 +200,10 @@ impl Daemon {
                 .spawn(move || {
                     let result = collect(session, folder, attributor, &state, &stop, &config);
                     if let Err(error) = &result {
-                        *state.collector_failure.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        *state
+                            .collector_failure
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
                             Some(error.to_string());
                     }
                     result

@@ -49,7 +49,11 @@ pub struct DaemonService {
 impl DaemonService {
     /// Follows the Docker engine at `docker` (retrying while it is down), loads or resumes the
     /// pinned tracer, and serves the API on `listeners`.
-    pub async fn start(config: DaemonConfig, listeners: Listeners, docker: EngineAddress) -> Result<Self, ServiceError> {
+    pub async fn start(
+        config: DaemonConfig,
+        listeners: Listeners,
+        docker: EngineAddress,
+    ) -> Result<Self, ServiceError> {
         let tracker: SharedTracker = Arc::new(OnceLock::new());
         tokio::spawn(attribution::follow_engine(docker, tracker.clone()));
 
@@ -81,7 +85,13 @@ impl DaemonService {
         let server = tokio::spawn(api::serve(context, listeners, async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         }));
-        Ok(Self { daemon, config, stop_serving, server, health_monitor })
+        Ok(Self {
+            daemon,
+            config,
+            stop_serving,
+            server,
+            health_monitor,
+        })
     }
 
     /// The state the API serves.
@@ -90,7 +100,10 @@ impl DaemonService {
     }
 
     /// Serves until `shutdown` completes (or the server fails), then stops.
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
         tokio::select! {
             _ = shutdown => {}
             result = &mut self.server => {
@@ -106,7 +119,9 @@ impl DaemonService {
     /// Stops serving and collecting (after a last poll). The tracer stays pinned.
     pub async fn stop(mut self) -> Result<(), ServiceError> {
         let _ = self.stop_serving.send(true);
-        let served = (&mut self.server).await.map_err(|_| ServiceError::Task("API server"))?;
+        let served = (&mut self.server)
+            .await
+            .map_err(|_| ServiceError::Task("API server"))?;
         self.stop_collecting().await?;
         served.map_err(ServiceError::from)
     }
@@ -134,7 +149,10 @@ impl DaemonService {
 }
 
 fn detach(pin_root: &Path) -> Result<(), ServiceError> {
-    Tracer::unpin_all(pin_root).map_err(|source| ServiceError::Unpin { path: pin_root.to_owned(), source })
+    Tracer::unpin_all(pin_root).map_err(|source| ServiceError::Unpin {
+        path: pin_root.to_owned(),
+        source,
+    })
 }
 
 /// Tells the API when the collector stops, so that live streams say so instead of going quiet.
@@ -142,7 +160,11 @@ async fn watch_collector(state: Arc<DaemonState>, health: watch::Sender<TracerHe
     let mut checkup = tokio::time::interval(Duration::from_secs(1));
     loop {
         checkup.tick().await;
-        let failure = state.collector_failure.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let failure = state
+            .collector_failure
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Some(reason) = failure {
             tracing::error!(%reason, "the collector stopped; stored profiles are still served, new checks are not recorded");
             let _ = health.send(TracerHealth::Stopped { reason });

@@ -266,6 +266,7 @@ impl TestDaemon {
         let store = Store::open(&dir.path().join("state")).expect("store");
         let state = Arc::new(DaemonState {
             store: Mutex::new(store),
+            collector_failure: RwLock::new(None),
             status: RwLock::new(DaemonStatus {
                 version: env!("CARGO_PKG_VERSION"),
                 attach: AttachChoice {

@@ -1,19 +1,14 @@
 //! `capprof daemon`: trace every container, keep their profiles, serve the API.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use capprof::{
-    api::{self, ApiContext, ListenArgs, Listeners, TracerHealth},
+    api::{ListenArgs, Listeners},
     attach::AttachRequest,
-    attribution::{self, DockerAttributor, SharedTracker, TrackedRunningContainers},
-    daemon::{Daemon, DaemonConfig},
+    daemon::DaemonConfig,
     docker::EngineAddress,
-    fold::Attributor,
+    service::DaemonService,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -84,10 +79,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     // Bind first: a second daemon fails here, before touching the tracer.
     let listeners = Listeners::bind(&args.listen.to_config()?)?;
-    let address = EngineAddress::from_env().context("reading DOCKER_HOST")?;
-    let tracker: SharedTracker = Arc::new(OnceLock::new());
-    tokio::spawn(attribution::follow_engine(address, tracker.clone()));
-
+    let docker = EngineAddress::from_env().context("reading DOCKER_HOST")?;
     let config = DaemonConfig {
         state_dir: args.state_dir,
         pin_root: args.pin_dir,
@@ -96,21 +88,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         retention: args.retention,
         ..DaemonConfig::default()
     };
-    let runtime = tokio::runtime::Handle::current();
-    let attributor_tracker = tracker.clone();
-    let daemon = tokio::task::spawn_blocking(move || {
-        Daemon::start(&config, |store| {
-            let attributor = DockerAttributor::new(
-                attributor_tracker,
-                runtime,
-                attribution::remembered_owners(store)?,
-                store.cgroup_names()?,
-            );
-            Ok(Box::new(attributor) as Box<dyn Attributor + Send>)
-        })
-    })
-    .await??;
-    let status = daemon.state().status();
+    let service = DaemonService::start(config, listeners, docker).await?;
+    let status = service.state().status();
     eprintln!(
         "capprof daemon: tracing via {}{}; API on {}",
         status.attach.explain(),
@@ -121,29 +100,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         },
         args.listen.socket.display()
     );
-
-    let (health, tracer_health) = tokio::sync::watch::channel(TracerHealth::Collecting);
-    let context = ApiContext {
-        state: daemon.state(),
-        containers: Arc::new(TrackedRunningContainers(tracker)),
-        tracer_health,
-    };
-    let serve = api::serve(context, listeners, shutdown_requested());
-    tokio::pin!(serve);
-    let mut checkup = tokio::time::interval(Duration::from_secs(1));
-    let served = loop {
-        tokio::select! {
-            result = &mut serve => break result,
-            _ = checkup.tick() => {
-                if daemon.collector_finished() && matches!(*health.borrow(), TracerHealth::Collecting) {
-                    tracing::error!("the collector stopped; stored profiles are still served, new checks are not recorded");
-                    let _ = health.send(TracerHealth::Stopped { reason: "the collector stopped; see the daemon's log".into() });
-                }
-            }
-        }
-    };
-    tokio::task::spawn_blocking(move || daemon.shutdown()).await??;
-    served?;
+    service.run_until(shutdown_requested()).await?;
     Ok(Exit::Success)
 }
 
