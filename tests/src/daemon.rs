@@ -102,6 +102,18 @@ impl DaemonProcess {
             .expect("run the capprof CLI")
     }
 
+    /// Starts the `capprof` CLI against this daemon with stdout piped, e.g. for `watch`.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(&self.binary)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the capprof CLI")
+    }
+
     /// `capprof report TARGET --format json`, or `None` while the daemon knows no such target.
     pub fn report(&self, target: &str) -> Option<serde_json::Value> {
         let output = self.cli(&["report", target, "--format", "json"]);
