@@ -187,15 +187,17 @@ pub struct HotSlot {
     pub count: u64,
 }
 
-/// The hot slot a key may own: a cheap mix of its fields, the same in the kernel and in tests.
+/// The hot slot a key may own: a multiplicative hash of every field (the top bits of the
+/// product, where all input bits have mixed), the same in the kernel and in tests.
 #[inline(always)]
 pub fn hot_slot_index(key: &CheckKey) -> u32 {
-    let mixed = key.cgroup_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ u64::from(key.cap) << 8
-        ^ u64::from(key.verdict) << 15
-        ^ u64::from(key.syscall_nr as u32) << 16
-        ^ u64::from(key.flags) << 40;
-    ((mixed ^ mixed >> 29 ^ mixed >> 47) as u32) & (HOT_SLOT_COUNT - 1)
+    let fields = u64::from(key.cap)
+        | u64::from(key.verdict) << 8
+        | u64::from(key.flags) << 16
+        | u64::from(key.syscall_nr as u32) << 32;
+    let mixed = (key.cgroup_id ^ fields.wrapping_mul(0xff51_afd7_ed55_8ccd))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> (64 - HOT_SLOT_COUNT.trailing_zeros())) as u32
 }
 
 /// One kernel call path under a [`CheckKey`].
@@ -286,6 +288,9 @@ const _: () = assert!(core::mem::size_of::<HotSlot>() == 32);
 const _: () = assert!(HOT_SLOT_COUNT.is_power_of_two());
 
 #[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
 mod tests {
     use super::is_runtime_init_comm;
 
@@ -294,6 +299,51 @@ mod tests {
         let len = comm.len().min(8);
         bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
         u64::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn hot_slots_spread_keys_that_differ_in_any_field() {
+        use super::{CheckKey, HOT_SLOT_COUNT, hot_slot_index};
+        let base = CheckKey {
+            cgroup_id: 1,
+            cap: 21,
+            verdict: 0,
+            syscall_nr: 170,
+            flags: 0,
+        };
+        let variants = [
+            CheckKey {
+                syscall_nr: 9,
+                ..base
+            },
+            CheckKey { cap: 0, ..base },
+            CheckKey { verdict: 1, ..base },
+            CheckKey { flags: 2, ..base },
+            CheckKey {
+                cgroup_id: 2,
+                ..base
+            },
+        ];
+        let slots: std::collections::HashSet<u32> =
+            variants.iter().chain([&base]).map(hot_slot_index).collect();
+        assert!(
+            slots.len() >= 5,
+            "one field's difference must usually change the slot: {slots:?}"
+        );
+        // A whole cgroup's worth of keys spreads over the slots.
+        let mut used = std::collections::HashSet::new();
+        for syscall_nr in 0..300 {
+            for cap in [0, 1, 21] {
+                let slot = hot_slot_index(&CheckKey {
+                    syscall_nr,
+                    cap,
+                    ..base
+                });
+                assert!(slot < HOT_SLOT_COUNT);
+                used.insert(slot);
+            }
+        }
+        assert!(used.len() > 200, "900 keys used only {} slots", used.len());
     }
 
     #[test]
