@@ -238,6 +238,13 @@ impl CheckTable {
         Ok(stack)
     }
 
+    /// Drops everything about these cgroups (see `KernelCollector::forget_cgroups`).
+    pub fn forget_cgroups(&mut self, cgroups: &std::collections::HashSet<u64>) {
+        self.records
+            .retain(|key, _| !cgroups.contains(&key.cgroup_id));
+        self.cgroup_names.retain(|id, _| !cgroups.contains(id));
+    }
+
     /// The name of a cgroup's directory (a container id for Docker's), when an event carried it.
     pub fn cgroup_name(&self, cgroup_id: u64) -> Option<&str> {
         self.cgroup_names.get(&cgroup_id).map(String::as_str)

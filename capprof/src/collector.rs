@@ -4,12 +4,12 @@
 //! [`CheckSource`] is the seam between the kernel and the rest of capprof: the real
 //! [`KernelCollector`] reads BPF maps, and unit tests drive the pipeline with a fake.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use capprof_common::{
-    CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, CheckEvent, CheckKey, Counter, EVENTS_MAP,
-    HOT_SLOT_COUNT, HOT_SLOTS_MAP, HotSlot, KERNEL_STACKS_MAP,
+    CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, CallSiteKey, CheckEvent, CheckKey, Counter,
+    EVENTS_MAP, HOT_SLOT_COUNT, HOT_SLOTS_MAP, HotSlot, KERNEL_STACKS_MAP,
 };
 use serde::Serialize;
 
@@ -80,6 +80,11 @@ pub trait CheckSource {
 pub struct KernelCollector {
     counts: PerCpuHashMap<MapData, CheckKey, u64>,
     hot_slots: PerCpuArray<MapData, HotSlot>,
+    call_sites: aya::maps::HashMap<MapData, CallSiteKey, u32>,
+    /// cgroups whose checks were all folded after the cgroup was removed: their kernel entries
+    /// are deleted, and the hot slots they still own (which user space cannot safely clear) are
+    /// ignored.
+    forgotten: HashSet<u64>,
     events: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -102,15 +107,49 @@ impl KernelCollector {
         let events = take(EVENTS_MAP)?;
         let stacks = take(KERNEL_STACKS_MAP)?;
         let counters = take(COUNTERS_MAP)?;
-        // The call-site map is only used inside the kernel.
-        let _ = CALL_SITES_MAP;
+        let call_sites = take(CALL_SITES_MAP)?;
         Ok(Self {
             counts: PerCpuHashMap::try_from(counts).map_err(map_error(CHECK_COUNTS_MAP))?,
             hot_slots: PerCpuArray::try_from(hot_slots).map_err(map_error(HOT_SLOTS_MAP))?,
             events: RingBuf::try_from(events).map_err(map_error(EVENTS_MAP))?,
             stacks: StackTraceMap::try_from(stacks).map_err(map_error(KERNEL_STACKS_MAP))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(COUNTERS_MAP))?,
+            call_sites: aya::maps::HashMap::try_from(call_sites)
+                .map_err(map_error(CALL_SITES_MAP))?,
+            forgotten: HashSet::new(),
         })
+    }
+
+    /// Frees the kernel's entries of cgroups that are gone and fully folded, so that the maps
+    /// never fill up on a long-running host. Checks cannot come from a removed cgroup again.
+    pub fn forget_cgroups(&mut self, cgroups: &HashSet<u64>) -> Result<(), CollectError> {
+        let map_error = |map: &'static str| move |source| CollectError::Map { map, source };
+        let doomed: Vec<CheckKey> = self
+            .counts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| cgroups.contains(&key.cgroup_id))
+            .collect();
+        for key in &doomed {
+            match self.counts.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(CHECK_COUNTS_MAP)(error)),
+            }
+        }
+        let doomed_sites: Vec<CallSiteKey> = self
+            .call_sites
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|site| cgroups.contains(&site.check.cgroup_id))
+            .collect();
+        for site in &doomed_sites {
+            match self.call_sites.remove(site) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(CALL_SITES_MAP)(error)),
+            }
+        }
+        self.forgotten.extend(cgroups);
+        Ok(())
     }
 }
 
@@ -137,7 +176,10 @@ impl CheckSource for KernelCollector {
                     map: HOT_SLOTS_MAP,
                     source,
                 })?;
-            for slot in per_cpu.iter().filter(|slot| slot.count > 0) {
+            for slot in per_cpu
+                .iter()
+                .filter(|slot| slot.count > 0 && !self.forgotten.contains(&slot.key.cgroup_id))
+            {
                 *totals.entry(slot.key).or_default() += slot.count;
             }
         }

@@ -161,9 +161,11 @@ impl Daemon {
             events_bytes: config.events_bytes,
         };
         let tracer = Tracer::load_pinned(&options, &config.pin_root).map_err(TraceError::from)?;
-        let session = TraceSession::with_tracer(tracer)?;
+        let mut session = TraceSession::with_tracer(tracer)?;
         let resumed = session.is_resumed();
         let folder = if resumed {
+            // Before the first poll: what was freed must not be folded a second time.
+            session.forget_cgroups(&store.forgotten_cgroups()?)?;
             Folder::resume(store.attributed_counts()?, &store.kernel_call_sites()?)
         } else {
             store.reset_kernel_accounting()?;
@@ -261,12 +263,19 @@ fn collect(
     config: &DaemonConfig,
 ) -> Result<(), DaemonError> {
     let mut last_retention = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_cleanup = std::time::Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if let Err(error) = poll_once(&mut session, &mut folder, attributor.as_mut(), state) {
             error!(%error, "poll failed");
             if matches!(error, DaemonError::Trace(_)) {
                 return Err(error);
+            }
+        }
+        if last_cleanup.elapsed() >= CLEANUP_INTERVAL {
+            last_cleanup = std::time::Instant::now();
+            if let Err(error) = forget_removed_cgroups(&mut session, &mut folder, state) {
+                warn!(%error, "freeing the kernel entries of removed cgroups failed");
             }
         }
         if last_retention.elapsed() >= Duration::from_secs(3600) {
@@ -289,6 +298,35 @@ fn collect(
             std::thread::sleep(Duration::from_millis(20).min(config.poll_interval));
         }
     }
+}
+
+/// How often the kernel entries of removed, fully folded cgroups are freed.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Frees the kernel's entries of cgroups that no longer exist and whose checks are all in
+/// profiles, so that the maps never fill up however many containers come and go. The store
+/// records the decision first: a daemon killed halfway finishes the job when it resumes.
+fn forget_removed_cgroups(
+    session: &mut TraceSession,
+    folder: &mut Folder,
+    state: &DaemonState,
+) -> Result<(), DaemonError> {
+    let gone: std::collections::HashSet<u64> = folder
+        .fully_folded_cgroups(session.table())
+        .into_iter()
+        .filter(|id| matches!(crate::cgroup::path_of_id(*id), Ok(None)))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    state.store().forget_kernel_cgroups(&gone)?;
+    session.forget_cgroups(&gone)?;
+    folder.forget_cgroups(&gone);
+    info!(
+        cgroups = gone.len(),
+        "freed the kernel entries of removed cgroups"
+    );
+    Ok(())
 }
 
 fn poll_once(

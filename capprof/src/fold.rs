@@ -130,6 +130,30 @@ impl Folder {
         self.folded_sites.extend(fold.folded_sites.iter().cloned());
     }
 
+    /// cgroups in `table` whose every key is folded: candidates for forgetting once removed.
+    pub fn fully_folded_cgroups(&self, table: &CheckTable) -> HashSet<u64> {
+        let mut done: HashSet<u64> = table.records().map(|record| record.key.cgroup_id).collect();
+        for record in table.records() {
+            if self.attributed.get(&record.key) != Some(&record.count) {
+                done.remove(&record.key.cgroup_id);
+            }
+        }
+        done
+    }
+
+    /// Drops the bookkeeping of forgotten cgroups.
+    pub fn forget_cgroups(&mut self, cgroups: &HashSet<u64>) {
+        self.attributed
+            .retain(|key, _| !cgroups.contains(&key.cgroup_id));
+        self.folded_sites
+            .retain(|(key, _)| !cgroups.contains(&key.cgroup_id));
+        self.recorded_sites
+            .retain(|(key, _)| !cgroups.contains(&key.cgroup_id));
+        self.recorded_names.retain(|id| !cgroups.contains(id));
+        self.unfolded_sites
+            .retain(|key, _| !cgroups.contains(&key.cgroup_id));
+    }
+
     /// How many kernel keys have been attributed at least once.
     pub fn attributed_keys(&self) -> usize {
         self.attributed.len()
@@ -347,6 +371,26 @@ mod tests {
         let fold = folder.fold(table, owners, CLOCK);
         folder.commit(&fold);
         fold.batch
+    }
+
+    #[test]
+    fn only_fully_folded_cgroups_can_be_forgotten() {
+        let mut folder = Folder::default();
+        let mut owners = FakeOwners(HashMap::from([(7, Owner::Host)]));
+        let checks = table(vec![record(7, 5, &["a"]), record(9, 2, &["b"])]);
+        fold_and_commit(&mut folder, &checks, &mut owners);
+        assert_eq!(
+            folder.fully_folded_cgroups(&checks),
+            HashSet::from([7]),
+            "9 is still pending"
+        );
+        let grown = table(vec![record(7, 6, &["a"])]);
+        assert!(
+            folder.fully_folded_cgroups(&grown).is_empty(),
+            "7 has an unfolded check"
+        );
+        folder.forget_cgroups(&HashSet::from([7]));
+        assert_eq!(folder.attributed_keys(), 0);
     }
 
     #[test]

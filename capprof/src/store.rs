@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS cgroups (
 CREATE TABLE IF NOT EXISTS cgroup_names (
     cgroup_id INTEGER PRIMARY KEY, name TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten_cgroups (cgroup_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS subjects (
     subject TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL
 );
@@ -283,7 +284,7 @@ impl Store {
     /// Forgets the kernel bookkeeping: a freshly loaded tracer counts from zero again.
     pub fn reset_kernel_accounting(&mut self) -> Result<(), StoreError> {
         self.connection
-            .execute_batch("DELETE FROM kernel_keys; DELETE FROM kernel_call_sites;")
+            .execute_batch("DELETE FROM kernel_keys; DELETE FROM kernel_call_sites; DELETE FROM forgotten_cgroups;")
             .map_err(self.db_error())
     }
 
@@ -300,6 +301,48 @@ impl Store {
                     row.get::<_, Option<String>>(1)?,
                 ))
             })
+            .map_err(self.db_error())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_error())
+    }
+
+    /// Records cgroups whose kernel entries were freed (their checks are all in profiles): a
+    /// resumed tracer may still hold hot slots of theirs, which must not be folded again.
+    pub fn forget_kernel_cgroups(
+        &mut self,
+        cgroups: &std::collections::HashSet<u64>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = move |source| StoreError::Database {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(&wrap)?;
+        for cgroup in cgroups {
+            let id = *cgroup as i64;
+            transaction
+                .execute(
+                    "INSERT OR IGNORE INTO forgotten_cgroups (cgroup_id) VALUES (?1)",
+                    [id],
+                )
+                .map_err(&wrap)?;
+            transaction
+                .execute("DELETE FROM kernel_keys WHERE cgroup_id = ?1", [id])
+                .map_err(&wrap)?;
+            transaction
+                .execute("DELETE FROM kernel_call_sites WHERE cgroup_id = ?1", [id])
+                .map_err(&wrap)?;
+        }
+        transaction.commit().map_err(&wrap)
+    }
+
+    /// The cgroups [`Store::forget_kernel_cgroups`] recorded.
+    pub fn forgotten_cgroups(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT cgroup_id FROM forgotten_cgroups")
+            .map_err(self.db_error())?;
+        let rows = statement
+            .query_map([], |row| Ok(row.get::<_, i64>(0)? as u64))
             .map_err(self.db_error())?;
         rows.collect::<Result<_, _>>().map_err(self.db_error())
     }
@@ -798,6 +841,43 @@ mod tests {
             "the first name reported stays"
         );
         assert_eq!(store.profile(&Subject::Host).unwrap(), None);
+    }
+
+    #[test]
+    fn forgotten_cgroups_lose_their_kernel_bookkeeping_until_a_fresh_tracer() {
+        let mut store = Store::open_in_memory().unwrap();
+        let key = CheckKey {
+            cgroup_id: 5,
+            cap: 0,
+            verdict: 0,
+            syscall_nr: 92,
+            flags: 0,
+        };
+        let other = CheckKey {
+            cgroup_id: 6,
+            ..key
+        };
+        store
+            .apply(&Batch {
+                attributed: vec![(key, 3), (other, 1)],
+                kernel_call_sites: vec![(key, site("chown", 1))],
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .forget_kernel_cgroups(&std::collections::HashSet::from([5]))
+            .unwrap();
+        assert_eq!(
+            store.attributed_counts().unwrap(),
+            HashMap::from([(other, 1)])
+        );
+        assert!(store.kernel_call_sites().unwrap().is_empty());
+        assert_eq!(
+            store.forgotten_cgroups().unwrap(),
+            std::collections::HashSet::from([5])
+        );
+        store.reset_kernel_accounting().unwrap();
+        assert!(store.forgotten_cgroups().unwrap().is_empty());
     }
 
     #[test]

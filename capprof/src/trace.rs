@@ -59,6 +59,16 @@ impl TraceSession {
         Ok(self.table.apply(collection, &mut self.collector)?)
     }
 
+    /// Forgets cgroups that are gone and fully folded, in the kernel's maps and in the table.
+    pub fn forget_cgroups(
+        &mut self,
+        cgroups: &std::collections::HashSet<u64>,
+    ) -> Result<(), TraceError> {
+        self.collector.forget_cgroups(cgroups)?;
+        self.table.forget_cgroups(cgroups);
+        Ok(())
+    }
+
     /// Everything seen so far.
     pub fn table(&self) -> &CheckTable {
         &self.table

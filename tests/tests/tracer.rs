@@ -588,3 +588,44 @@ fn the_benchmark_floor_attaches_on_the_path_under_test() {
         "{mode}: program {id} is detached after drop"
     );
 }
+
+#[test]
+fn a_removed_cgroup_can_be_forgotten_and_stays_forgotten() {
+    let cgroup = cgroups::create("forget");
+    let cgroup_id = cgroup.id();
+    let Some(mut session) = Session::start(TracerOptions::default()) else {
+        return;
+    };
+    Trigger {
+        operations: &["chown", "nice"],
+        times: 3,
+        drop_caps: false,
+        comm: None,
+    }
+    .run_in(&cgroup);
+    session.collect();
+    assert_eq!(session.counts_in(&cgroup).values().sum::<u64>(), 6);
+    drop(cgroup);
+    assert!(
+        capprof::cgroup::path_of_id(cgroup_id)
+            .expect("look up")
+            .is_none(),
+        "the cgroup is removed"
+    );
+
+    session
+        .trace
+        .forget_cgroups(&std::collections::HashSet::from([cgroup_id]))
+        .expect("forget");
+    session.collect();
+    let left: Vec<u64> = session
+        .table()
+        .records()
+        .map(|record| record.cgroup_id())
+        .filter(|id| *id == cgroup_id)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "neither the hash map nor a hot slot brings the cgroup back: {left:?}"
+    );
+}
