@@ -104,6 +104,20 @@ pub async fn run(_args: DoctorArgs) -> anyhow::Result<Exit> {
         ));
     }
 
+    match capprof::docker::EngineAddress::from_env() {
+        Ok(address) => match capprof::docker::connect(&address).await {
+            Ok(engine) => findings.push(Finding::Ok(format!(
+                "Docker engine {} at {address} (API {})",
+                engine.info().server_version,
+                engine.info().api_version
+            ))),
+            Err(error) => findings.push(Finding::Missing(format!(
+                "Docker: {error} (capprof still traces, but cannot name containers)"
+            ))),
+        },
+        Err(error) => findings.push(Finding::Missing(format!("Docker: {error}"))),
+    }
+
     for finding in &findings {
         match finding {
             Finding::Ok(text) => println!("ok       {text}"),
