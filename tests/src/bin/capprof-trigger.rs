@@ -1,7 +1,7 @@
 //! Makes known capability checks inside a given cgroup, for capprof's integration tests.
 //!
 //! ```text
-//! capprof-trigger --cgroup DIR --workdir DIR [--times N] [--drop-caps] [--comm NAME] OPERATION...
+//! capprof-trigger [--cgroup DIR] --workdir DIR [--times N] [--drop-caps] [--comm NAME] OPERATION...
 //! ```
 //!
 //! Operations and the one check each makes per repetition:
@@ -64,7 +64,7 @@ struct Options {
 fn usage(message: &str) -> ! {
     eprintln!("capprof-trigger: {message}");
     eprintln!(
-        "usage: capprof-trigger --cgroup DIR [--workdir DIR] [--times N] [--drop-caps] [--comm NAME] chown|sethostname|raw-icmp|nice|bind80|mmap|seccomp..."
+        "usage: capprof-trigger [--cgroup DIR] [--workdir DIR] [--times N] [--drop-caps] [--comm NAME] chown|sethostname|raw-icmp|nice|bind80|mmap|seccomp..."
     );
     std::process::exit(2);
 }
@@ -111,9 +111,6 @@ fn parse_options() -> Options {
                     .unwrap_or_else(|| usage(&format!("unknown operation `{other}`"))),
             ),
         }
-    }
-    if options.cgroup.as_os_str().is_empty() {
-        usage("--cgroup is required");
     }
     if options.operations.is_empty() {
         usage("no operation given");
@@ -358,7 +355,10 @@ fn main() {
             "prctl(PR_SET_NAME)",
         );
     }
-    join_cgroup(&options.cgroup);
+    // Without --cgroup the trigger stays where it was started (e.g. under `capprof trace --`).
+    if !options.cgroup.as_os_str().is_empty() {
+        join_cgroup(&options.cgroup);
+    }
     let mut all_ok = true;
     for iteration in 0..options.times {
         for &operation in &options.operations {
