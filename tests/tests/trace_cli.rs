@@ -38,10 +38,10 @@ fn json_lines_report_a_commands_checks_then_a_summary() {
         .collect();
     let chown = lines
         .iter()
-        .filter(|line| {
+        .rev()
+        .find(|line| {
             line["kind"] == "check" && line["cap"] == "CAP_CHOWN" && line["syscall"] == "fchownat"
         })
-        .last()
         .unwrap_or_else(|| panic!("no chown check in {lines:#?}"));
     assert_eq!(chown["verdict"], "granted");
     assert_eq!(chown["count"], 3, "{chown:#}");
