@@ -227,12 +227,7 @@ impl Folder {
                 .map(|site| site.example.seen_at_ms)
                 .min()
                 .unwrap_or(clock.wall_now_ms);
-            let entry_key = EntryKey {
-                cap: key.cap,
-                verdict: record.verdict().into(),
-                syscall_nr: record.syscall_nr(),
-                flags: key.flags,
-            };
+            let entry_key = entry_key(record);
             for subject in subjects {
                 batch.entries.push(EntryDelta {
                     subject,
@@ -255,6 +250,33 @@ impl Folder {
             batch,
             folded_sites,
         }
+    }
+}
+
+/// A kernel record as a profile entry (all of its count, every call site), for classifying checks
+/// straight from a tracing session.
+pub fn profile_entry(record: &CheckRecord, clock: Clock) -> crate::profile::ProfileEntry {
+    let sites = call_sites(record, clock);
+    let first_seen_ms = sites
+        .iter()
+        .map(|site| site.example.seen_at_ms)
+        .min()
+        .unwrap_or(clock.wall_now_ms);
+    crate::profile::ProfileEntry {
+        key: entry_key(record),
+        count: record.count,
+        first_seen_ms,
+        last_seen_ms: clock.wall_now_ms,
+        call_sites: sites,
+    }
+}
+
+fn entry_key(record: &CheckRecord) -> EntryKey {
+    EntryKey {
+        cap: record.key.cap,
+        verdict: record.verdict().into(),
+        syscall_nr: record.syscall_nr(),
+        flags: record.key.flags,
     }
 }
 

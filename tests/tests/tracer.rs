@@ -396,7 +396,31 @@ fn silent_seccomp_probe_has_its_opts_observed_where_the_path_sees_them() {
         "{:?}",
         from_seccomp.stack
     );
-    assert_opts_match_the_path(record, session.trace.attach_choice().mode);
+    let mode = session.trace.attach_choice().mode;
+    assert_opts_match_the_path(record, mode);
+    assert_classified_advisory_by_the_right_rule(record, mode);
+}
+
+/// Whichever the path, a silent probe is advisory: from observed `opts` where the path sees them,
+/// from the call site on the tracepoint. Both routes must agree.
+fn assert_classified_advisory_by_the_right_rule(record: &CheckRecord, mode: AttachMode) {
+    let entry = capprof::fold::profile_entry(record, capprof::fold::Clock::now());
+    let entries = [entry.clone()];
+    let classified = capprof::classify::classify_entry(
+        &capprof::classify::Context { entries: &entries },
+        &entry,
+    );
+    let expected_rule = if mode.observes_opts() {
+        "noaudit-observed"
+    } else {
+        "noaudit-call-site"
+    };
+    assert_eq!(
+        (classified.class, classified.rule),
+        (capprof::classify::CheckClass::Advisory, expected_rule),
+        "mode {mode}: {}",
+        classified.reason
+    );
 }
 
 /// A silent (`CAP_OPT_NOAUDIT`) check: fexit and kprobes see the flag, the tracepoint cannot.
