@@ -77,7 +77,9 @@ pub enum DaemonError {
 #[derive(Clone, Debug, Serialize)]
 pub struct DaemonStatus {
     pub version: &'static str,
-    pub attach: AttachChoice,
+    /// The attach path in use; `None` when the kernel offers none and only stored profiles are
+    /// served.
+    pub attach: Option<AttachChoice>,
     /// The tracer was found pinned by an earlier daemon and kept counting meanwhile.
     pub resumed: bool,
     pub kernel: String,
@@ -118,6 +120,36 @@ pub struct DaemonState {
 }
 
 impl DaemonState {
+    /// The state of a daemon starting now, over `store`.
+    pub fn new(store: Store, attach: Option<AttachChoice>, resumed: bool) -> Self {
+        let status = DaemonStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            attach,
+            resumed,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            started_at_ms: Clock::now().wall_now_ms,
+            counters: TracerCounters::default(),
+            last_poll_ms: 0,
+            pending_keys: 0,
+        };
+        Self {
+            store: Mutex::new(store),
+            status: RwLock::new(status),
+            collector_failure: RwLock::new(None),
+            changes: broadcast::channel(1024).0,
+            checks: broadcast::channel(4096).0,
+        }
+    }
+
+    /// Opens the store alone: for a kernel that offers no way to trace, the stored profiles are
+    /// still served.
+    pub fn store_only(config: &DaemonConfig) -> Result<Self, StoreError> {
+        Ok(Self::new(Store::open(&config.state_dir)?, None, false))
+    }
+
     /// Locks the store; a poisoned lock (a panic mid-write) still holds a consistent database,
     /// since every write is one transaction.
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -172,28 +204,9 @@ impl Daemon {
             Folder::default()
         };
         let attributor = make_attributor(&store)?;
-        let now = Clock::now().wall_now_ms;
-        let status = DaemonStatus {
-            version: env!("CARGO_PKG_VERSION"),
-            attach: session.attach_choice().clone(),
-            resumed,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            started_at_ms: now,
-            counters: TracerCounters::default(),
-            last_poll_ms: 0,
-            pending_keys: 0,
-        };
-        info!(attach = %status.attach.explain(), resumed, "capprof daemon started");
-        let state = Arc::new(DaemonState {
-            store: Mutex::new(store),
-            status: RwLock::new(status),
-            collector_failure: RwLock::new(None),
-            changes: broadcast::channel(1024).0,
-            checks: broadcast::channel(4096).0,
-        });
+        let choice = session.attach_choice().clone();
+        info!(attach = %choice.explain(), resumed, "capprof daemon started");
+        let state = Arc::new(DaemonState::new(store, Some(choice), resumed));
         let stop = Arc::new(AtomicBool::new(false));
         let collector = {
             let (state, stop, config) = (state.clone(), stop.clone(), config.clone());

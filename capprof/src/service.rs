@@ -16,7 +16,8 @@ use crate::{
     daemon::{Daemon, DaemonConfig, DaemonError, DaemonState},
     docker::EngineAddress,
     fold::Attributor,
-    loader::Tracer,
+    loader::{LoadError, Tracer},
+    trace::TraceError,
 };
 
 /// Why the service could not start or stopped badly.
@@ -39,7 +40,10 @@ pub enum ServiceError {
 /// A running daemon serving its API.
 #[derive(Debug)]
 pub struct DaemonService {
-    daemon: Daemon,
+    /// `None` when the kernel offers no way to trace: stored profiles are served, live streams
+    /// are refused with FAILED_PRECONDITION.
+    daemon: Option<Daemon>,
+    state: Arc<DaemonState>,
     config: DaemonConfig,
     stop_serving: watch::Sender<bool>,
     server: JoinHandle<Result<(), SocketError>>,
@@ -60,7 +64,7 @@ impl DaemonService {
         let runtime = tokio::runtime::Handle::current();
         let daemon_config = config.clone();
         let attributor_tracker = tracker.clone();
-        let daemon = tokio::task::spawn_blocking(move || {
+        let started = tokio::task::spawn_blocking(move || {
             Daemon::start(&daemon_config, |store| {
                 let attributor = DockerAttributor::new(
                     attributor_tracker,
@@ -72,12 +76,27 @@ impl DaemonService {
             })
         })
         .await
-        .map_err(|_| ServiceError::Task("start"))??;
+        .map_err(|_| ServiceError::Task("start"))?;
+        let (daemon, state, health) = match started {
+            Ok(daemon) => {
+                let state = daemon.state();
+                (Some(daemon), state, TracerHealth::Collecting)
+            }
+            Err(DaemonError::Trace(TraceError::Load(
+                error @ (LoadError::NoAttachPath { .. } | LoadError::Btf(_)),
+            ))) => {
+                let reason = error.to_string();
+                tracing::error!(%reason, "cannot trace on this kernel; serving stored profiles only");
+                let state = Arc::new(DaemonState::store_only(&config).map_err(DaemonError::from)?);
+                (None, state, TracerHealth::KernelUnsupported { reason })
+            }
+            Err(other) => return Err(other.into()),
+        };
 
-        let (health, tracer_health) = watch::channel(TracerHealth::Collecting);
-        let health_monitor = tokio::spawn(watch_collector(daemon.state(), health));
+        let (health, tracer_health) = watch::channel(health);
+        let health_monitor = tokio::spawn(watch_collector(state.clone(), health));
         let context = ApiContext {
-            state: daemon.state(),
+            state: state.clone(),
             containers: Arc::new(TrackedRunningContainers(tracker)),
             tracer_health,
         };
@@ -87,6 +106,7 @@ impl DaemonService {
         }));
         Ok(Self {
             daemon,
+            state,
             config,
             stop_serving,
             server,
@@ -96,7 +116,7 @@ impl DaemonService {
 
     /// The state the API serves.
     pub fn state(&self) -> Arc<DaemonState> {
-        self.daemon.state()
+        self.state.clone()
     }
 
     /// Serves until `shutdown` completes (or the server fails), then stops.
@@ -129,7 +149,7 @@ impl DaemonService {
     /// Stops, and detaches the tracer when this service loaded it (rather than resuming one a
     /// daemon left pinned): for a run that should leave nothing attached behind it.
     pub async fn stop_and_detach_if_loaded(self) -> Result<(), ServiceError> {
-        let loaded_here = !self.daemon.state().status().resumed;
+        let loaded_here = self.daemon.is_some() && !self.state.status().resumed;
         let pin_root = self.config.pin_root.clone();
         self.stop().await?;
         if loaded_here {
@@ -140,7 +160,9 @@ impl DaemonService {
 
     async fn stop_collecting(self) -> Result<(), ServiceError> {
         self.health_monitor.abort();
-        let daemon = self.daemon;
+        let Some(daemon) = self.daemon else {
+            return Ok(());
+        };
         tokio::task::spawn_blocking(move || daemon.shutdown())
             .await
             .map_err(|_| ServiceError::Task("collector"))?

@@ -269,13 +269,13 @@ impl TestDaemon {
             collector_failure: RwLock::new(None),
             status: RwLock::new(DaemonStatus {
                 version: env!("CARGO_PKG_VERSION"),
-                attach: AttachChoice {
+                attach: Some(AttachChoice {
                     mode: AttachMode::Tracepoint,
                     skipped: vec![SkippedMode {
                         mode: AttachMode::Fentry,
                         reason: "loading failed with EPERM".into(),
                     }],
-                },
+                }),
                 resumed: false,
                 kernel: "6.18.0-test".into(),
                 started_at_ms: SEEN_MS,

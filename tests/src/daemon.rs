@@ -20,12 +20,18 @@ pub struct DaemonProcess {
     docker_host: String,
     work_dir: PathBuf,
     pin_dir: PathBuf,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl DaemonProcess {
     /// Starts a daemon and waits until its API answers. Panics with the daemon's log otherwise.
     pub fn start(engine: &DockerEngine) -> Self {
+        Self::start_with(engine, &[])
+    }
+
+    /// [`DaemonProcess::start`] with extra `capprof daemon` arguments.
+    pub fn start_with(engine: &DockerEngine, extra_args: &[&str]) -> Self {
         let binary = capprof_binary()
             .expect("the capprof binary is built (cargo build -p capprof) or CAPPROF_BIN is set");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -37,6 +43,7 @@ impl DaemonProcess {
             docker_host: engine.docker_host().to_owned(),
             work_dir,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/capprof-test-{tag}")),
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             child: None,
         };
         daemon.spawn();
@@ -69,6 +76,7 @@ impl DaemonProcess {
             .arg(&self.pin_dir)
             .arg("--socket")
             .arg(self.socket())
+            .args(&self.extra_args)
             .env("DOCKER_HOST", &self.docker_host)
             .env("CAPPROF_LOG", "info")
             .stdin(Stdio::null())

@@ -340,3 +340,64 @@ fn a_port_80_server_that_chowns_needs_exactly_chown_and_net_bind_service_and_wat
         "{reasons:?}"
     );
 }
+
+#[test]
+fn on_a_kernel_without_the_hook_stored_profiles_are_served_and_live_streams_refused() {
+    use capprof::{
+        attach::{AttachMode, AttachRequest},
+        loader::{LoadError, Tracer, TracerOptions},
+    };
+    if !ci::require_root() {
+        return;
+    }
+    // A path this kernel lacks, forced, stands for a kernel that has none.
+    let missing = AttachMode::LADDER.into_iter().find(|mode| {
+        let request = match mode {
+            AttachMode::Fentry => AttachRequest::Fentry,
+            AttachMode::Kprobe => AttachRequest::Kprobe,
+            AttachMode::Tracepoint => AttachRequest::Tracepoint,
+        };
+        matches!(
+            Tracer::load(&TracerOptions {
+                attach: request,
+                ..Default::default()
+            }),
+            Err(LoadError::NoAttachPath { .. })
+        )
+    });
+    let Some(missing) = missing else {
+        ci::skip("this kernel offers every attach path; nothing to force that fails");
+        return;
+    };
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start_with(&engine, &["--attach", &missing.to_string()]);
+
+    let status = daemon.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        text.to_lowercase().contains("kernel"),
+        "status says why nothing is traced: {text}"
+    );
+
+    let watch = daemon.cli(&["watch", "host"]);
+    assert_eq!(
+        watch.status.code(),
+        Some(4),
+        "FAILED_PRECONDITION maps to exit 4: {watch:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&watch.stderr).contains(&format!("--attach {missing}")),
+        "{watch:?}"
+    );
+    let events = daemon.cli(&["events"]);
+    assert_eq!(events.status.code(), Some(4), "{events:?}");
+    let report = daemon.cli(&["report", "no-such-container"]);
+    assert_eq!(
+        report.status.code(),
+        Some(6),
+        "stored profiles are still looked up: {report:?}"
+    );
+}

@@ -288,12 +288,21 @@ impl CapprofService for ApiService {
         };
         Ok(Response::new(pb::GetStatusResponse {
             version: status.version.to_owned(),
-            attach_mode: convert::attach_mode_to_proto(status.attach.mode).into(),
-            attach_explanation: status.attach.explain(),
+            attach_mode: status
+                .attach
+                .as_ref()
+                .map_or(pb::AttachMode::Unspecified, |choice| {
+                    convert::attach_mode_to_proto(choice.mode)
+                })
+                .into(),
+            attach_explanation: status.attach.as_ref().map_or_else(
+                || "none: the kernel offers no way to hook cap_capable".to_owned(),
+                |choice| choice.explain(),
+            ),
             skipped_modes: status
                 .attach
-                .skipped
                 .iter()
+                .flat_map(|choice| &choice.skipped)
                 .map(|skipped| pb::SkippedAttachMode {
                     mode: convert::attach_mode_to_proto(skipped.mode).into(),
                     reason: skipped.reason.clone(),

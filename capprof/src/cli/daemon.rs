@@ -90,16 +90,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     };
     let service = DaemonService::start(config, listeners, docker).await?;
     let status = service.state().status();
-    eprintln!(
-        "capprof daemon: tracing via {}{}; API on {}",
-        status.attach.explain(),
-        if status.resumed {
-            ", resumed from the pinned tracer"
-        } else {
-            ""
-        },
-        args.listen.socket.display()
-    );
+    match &status.attach {
+        Some(choice) => eprintln!(
+            "capprof daemon: tracing via {}{}; API on {}",
+            choice.explain(),
+            if status.resumed {
+                ", resumed from the pinned tracer"
+            } else {
+                ""
+            },
+            args.listen.socket.display()
+        ),
+        None => eprintln!(
+            "capprof daemon: this kernel offers no way to trace (see the error above; `capprof doctor` \
+             says more); serving stored profiles only on {}",
+            args.listen.socket.display()
+        ),
+    }
     service.run_until(shutdown_requested()).await?;
     Ok(Exit::Success)
 }
