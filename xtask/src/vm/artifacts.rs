@@ -110,7 +110,8 @@ fn cargo(workspace: &Workspace, target_dir: &Path, args: &[&str]) -> anyhow::Res
     command
         .args(args)
         .args([
-            "--release",
+            "--profile",
+            "vm-test",
             "--target",
             HOST_TARGET,
             "--message-format=json-render-diagnostics",
