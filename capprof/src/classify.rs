@@ -178,6 +178,19 @@ const FILE_HANDLE_CALL_SITES: &[&str] = &[
     "open_by_handle_at",
 ];
 
+/// Kernel paths where a chmod asks for CAP_FSETID only to decide whether the new mode keeps
+/// its setgid bit (`in_group_or_capable`, inlined into these): refused, the kernel clears that
+/// bit and the chmod succeeds.
+const CHMOD_SETGID_CALL_SITES: &[&str] = &[
+    "setattr_prepare",
+    "setattr_copy",
+    "setattr_copy_mode",
+    "in_group_or_capable",
+];
+
+/// The system calls that change a file's mode.
+const CHMOD_SYSCALLS: &[&str] = &["chmod", "fchmod", "fchmodat", "fchmodat2"];
+
 /// The rules, in the order they are tried. The first that applies decides.
 pub const RULES: &[Rule] = &[
     Rule {
@@ -251,6 +264,24 @@ pub const RULES: &[Rule] = &[
         },
     },
     Rule {
+        name: "chmod-setgid-probe",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            let applies = entry.key.cap == Capability::Fsetid.number()
+                && CHMOD_SYSCALLS.contains(&entry.key.syscall().as_str())
+                && CHMOD_SETGID_CALL_SITES
+                    .iter()
+                    .any(|function| stack_has(entry, function));
+            applies.then(|| RuleFinding {
+                reason: format!(
+                    "{}() asks for FSETID on every mode change only to decide whether the new mode keeps a setgid bit; refused, the kernel clears that bit and the chmod succeeds",
+                    entry.key.syscall()
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
         name: "read-search-then-override",
         class: CheckClass::Superseded,
         applies: |context, entry| {
@@ -281,6 +312,22 @@ pub const RULES: &[Rule] = &[
             applies.then(|| RuleFinding {
                 reason: "reading files it does not own: DAC_OVERRIDE allows the same reads, while DAC_READ_SEARCH also \
                          allows open_by_handle_at, the classic container escape (which is why Docker leaves it out of its defaults)"
+                    .into(),
+                recommend_instead: Some(Capability::DacOverride),
+            })
+        },
+    },
+    Rule {
+        name: "read-search-denied-for-reads",
+        class: CheckClass::Missing,
+        applies: |_, entry| {
+            let applies = entry.key.cap == Capability::DacReadSearch.number()
+                && entry.key.verdict == EntryVerdict::Denied
+                && !is_file_handle_check(entry)
+                && stack_has(entry, "generic_permission");
+            applies.then(|| RuleFinding {
+                reason: "denied for a read of a file it does not own, and DAC_OVERRIDE, which the kernel tries next, was not granted \
+                         either: DAC_OVERRIDE alone allows that read, without DAC_READ_SEARCH's open_by_handle_at"
                     .into(),
                 recommend_instead: Some(Capability::DacOverride),
             })
@@ -723,6 +770,105 @@ mod tests {
     }
 
     #[test]
+    fn fsetid_asked_by_chmod_is_only_about_keeping_the_setgid_bit() {
+        const SYS_CHMOD: u32 = 90;
+        const SYS_WRITE: u32 = 1;
+        let chmod = |verdict| {
+            classify_one(
+                entry(
+                    Capability::Fsetid,
+                    verdict,
+                    SYS_CHMOD,
+                    0,
+                    &[
+                        "cap_capable+0x83",
+                        "security_capable+0x3b",
+                        "capable_wrt_inode_uidgid+0x4f",
+                        "setattr_prepare+0x16a",
+                        "notify_change+0x1e0",
+                        "chmod_common+0xc6",
+                    ],
+                    "chmod",
+                    0,
+                ),
+                vec![],
+            )
+        };
+        for verdict in [EntryVerdict::Granted, EntryVerdict::Denied] {
+            let c = chmod(verdict);
+            assert_eq!(
+                (c.class, c.rule),
+                (CheckClass::Advisory, "chmod-setgid-probe")
+            );
+            assert!(c.reason.contains("setgid bit"), "{}", c.reason);
+        }
+        // Keeping a setuid bit across a write is another matter: that stays a need.
+        let write = classify_one(
+            entry(
+                Capability::Fsetid,
+                EntryVerdict::Granted,
+                SYS_WRITE,
+                0,
+                &["cap_capable", "setattr_should_drop_suidgid", "file_remove_privs"],
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!((write.class, write.rule), (CheckClass::Required, "granted"));
+    }
+
+    #[test]
+    fn read_search_denied_with_override_denied_recommends_override() {
+        let override_denied = entry(
+            Capability::DacOverride,
+            EntryVerdict::Denied,
+            SYS_OPENAT,
+            0,
+            READ_STACK,
+            "cat",
+            0,
+        );
+        let c = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                SYS_OPENAT,
+                0,
+                READ_STACK,
+                "cat",
+                0,
+            ),
+            vec![override_denied],
+        );
+        assert_eq!(
+            (c.class, c.rule, c.recommend_instead),
+            (
+                CheckClass::Missing,
+                "read-search-denied-for-reads",
+                Some(Capability::DacOverride)
+            )
+        );
+        assert!(c.reason.contains("open_by_handle_at"), "{}", c.reason);
+        let handles = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                304,
+                0,
+                &["cap_capable", "may_decode_fh", "do_handle_open"],
+                "escape",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (handles.class, handles.rule, handles.recommend_instead),
+            (CheckClass::Missing, "denied", None)
+        );
+    }
+
+    #[test]
     fn sys_admin_after_a_denied_narrow_capability_is_superseded() {
         let bpf_denied = entry(
             Capability::Bpf,
@@ -814,8 +960,10 @@ mod tests {
             "noaudit-observed",
             "noaudit-call-site",
             "nonroot-denied",
+            "chmod-setgid-probe",
             "read-search-then-override",
             "read-search-for-reads",
+            "read-search-denied-for-reads",
             "broad-after-narrow",
             "narrow-then-broad",
             "denied",
