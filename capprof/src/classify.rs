@@ -809,7 +809,11 @@ mod tests {
                 EntryVerdict::Granted,
                 SYS_WRITE,
                 0,
-                &["cap_capable", "setattr_should_drop_suidgid", "file_remove_privs"],
+                &[
+                    "cap_capable",
+                    "setattr_should_drop_suidgid",
+                    "file_remove_privs",
+                ],
                 "app",
                 0,
             ),

@@ -548,8 +548,22 @@ mod tests {
             "setattr_prepare+0x16a",
         ];
         let recommendation = recommend(&profile(vec![
-            entry(Capability::Fowner, EntryVerdict::Granted, 90, 0, chmod, "chmod"),
-            entry(Capability::Fsetid, EntryVerdict::Granted, 90, 0, chmod, "chmod"),
+            entry(
+                Capability::Fowner,
+                EntryVerdict::Granted,
+                90,
+                0,
+                chmod,
+                "chmod",
+            ),
+            entry(
+                Capability::Fsetid,
+                EntryVerdict::Granted,
+                90,
+                0,
+                chmod,
+                "chmod",
+            ),
         ]));
         assert_eq!(recommendation.cap_add_names(), ["FOWNER"]);
         assert_eq!(recommendation.ignored[&CheckClass::Advisory].len(), 1);
