@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capability::Capability,
-    profile::{EntryKey, EntryVerdict, Profile, ProfileEntry},
+    docker::{RuntimeProcess, runtime_process},
+    profile::{EntryKey, EntryVerdict, Example, Profile, ProfileEntry},
 };
 use capprof_common::check_flags;
 
@@ -207,6 +208,26 @@ pub const RULES: &[Rule] = &[
         },
     },
     Rule {
+        name: "runtime-prelude",
+        class: CheckClass::RuntimeSetup,
+        applies: |context, entry| {
+            if entry.key.has(check_flags::RUNTIME_INIT) || entry.call_sites.is_empty() {
+                return None;
+            }
+            let bootstraps: Vec<&Example> = entry
+                .call_sites
+                .iter()
+                .map(|site| became_runtime_bootstrap(context, &site.example))
+                .collect::<Option<_>>()?;
+            let later = bootstraps.first()?;
+            RuleFinding::because(format!(
+                "made by process {} before it renamed itself {}: the container runtime preparing its own binary (runc's \
+                 bind-mounted or memfd copy of itself), before anything of the container ran",
+                later.tgid, later.comm
+            ))
+        },
+    },
+    Rule {
         name: "foreign-cred",
         class: CheckClass::ForeignCred,
         applies: |_, entry| {
@@ -296,7 +317,9 @@ pub const RULES: &[Rule] = &[
                     && other.key.syscall_nr == entry.key.syscall_nr
             });
             override_granted.then(|| RuleFinding {
-                reason: "the kernel tried DAC_READ_SEARCH first for a read, then DAC_OVERRIDE, which was granted and suffices".into(),
+                reason: "the kernel tried DAC_READ_SEARCH first for a read, then DAC_OVERRIDE, which was granted and suffices; \
+                         DAC_READ_SEARCH would also allow open_by_handle_at, the classic container escape, which is why Docker leaves it out"
+                    .into(),
                 recommend_instead: None,
             })
         },
@@ -435,6 +458,24 @@ pub fn classify_entry(context: &Context<'_>, entry: &ProfileEntry) -> Classified
     unreachable!("the last rule always applies")
 }
 
+/// The runtime bootstrap check (runc before its init stage) that `example`'s process made at the
+/// same time or later, if any. runc starts as `exe` (`/proc/self/exe init`) and only renames
+/// itself once it runs from its cloned binary; that process never becomes the application (the
+/// entrypoint is executed by its grandchild, `runc:[2:INIT]`), so whatever it did before the
+/// rename is the runtime's, although the kernel saw no runtime name.
+fn became_runtime_bootstrap<'a>(context: &Context<'a>, example: &Example) -> Option<&'a Example> {
+    context
+        .entries
+        .iter()
+        .filter(|other| other.key.has(check_flags::RUNTIME_INIT))
+        .flat_map(|other| other.call_sites.iter().map(|site| &site.example))
+        .find(|runtime| {
+            runtime.tgid == example.tgid
+                && runtime.seen_at_ms >= example.seen_at_ms
+                && runtime_process(&runtime.comm, None) == Some(RuntimeProcess::RuncBootstrap)
+        })
+}
+
 /// "httpd called bind() → __inet_bind, 12×": what ran, which syscall, which kernel path, how often.
 pub fn describe_use(entry: &ProfileEntry) -> String {
     let who = entry
@@ -497,7 +538,7 @@ pub fn entry_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{EntryCallSite, Example, Subject, SubjectInfo};
+    use crate::profile::{EntryCallSite, Subject, SubjectInfo};
 
     const SYS_SETHOSTNAME: u32 = 170;
     const SYS_OPENAT: u32 = 257;
@@ -585,6 +626,78 @@ mod tests {
             (CheckClass::RuntimeSetup, "runtime-init")
         );
         assert!(c.reason.contains("runc:[2:INIT]"), "{}", c.reason);
+    }
+
+    /// An entry whose one call site was first seen from `pid` at `at_ms`.
+    fn seen(mut entry: ProfileEntry, pid: u32, at_ms: i64) -> ProfileEntry {
+        for site in &mut entry.call_sites {
+            site.example.pid = pid;
+            site.example.tgid = pid;
+            site.example.seen_at_ms = at_ms;
+        }
+        entry
+    }
+
+    #[test]
+    fn what_runc_did_before_renaming_itself_is_runtime_setup() {
+        const SYS_MOUNT: u32 = 165;
+        const SYS_CLONE: u32 = 56;
+        // runc's `exe` stage bind-mounts its own binary, then runs as `runc:[0:PARENT]`.
+        let mount = |pid, at_ms| {
+            seen(
+                entry(
+                    Capability::SysAdmin,
+                    EntryVerdict::Granted,
+                    SYS_MOUNT,
+                    0,
+                    &["cap_capable", "ns_capable", "path_mount+0xda"],
+                    "exe",
+                    0,
+                ),
+                pid,
+                at_ms,
+            )
+        };
+        let parent = seen(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_CLONE,
+                check_flags::RUNTIME_INIT,
+                &["cap_capable", "ns_capable", "copy_process"],
+                "runc:[0:PARENT]",
+                0,
+            ),
+            27713,
+            1_000,
+        );
+        let c = classify_one(mount(27713, 1_000), vec![parent.clone()]);
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::RuntimeSetup, "runtime-prelude")
+        );
+        assert!(c.reason.contains("runc:[0:PARENT]"), "{}", c.reason);
+        // Another process, or the same pid reused after runc was gone: the application's.
+        let other = classify_one(mount(27800, 1_000), vec![parent.clone()]);
+        assert_eq!((other.class, other.rule), (CheckClass::Required, "granted"));
+        let reused = classify_one(mount(27713, 9_000), vec![parent]);
+        assert_eq!((reused.class, reused.rule), (CheckClass::Required, "granted"));
+        // runc:[2:INIT] executes the entrypoint in place: its pid's later checks are the app's.
+        let init = seen(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MOUNT,
+                check_flags::RUNTIME_INIT,
+                &["cap_capable", "ns_capable", "path_mount+0xda"],
+                "runc:[2:INIT]",
+                0,
+            ),
+            27720,
+            1_000,
+        );
+        let app = classify_one(mount(27720, 1_000), vec![init]);
+        assert_eq!((app.class, app.rule), (CheckClass::Required, "granted"));
     }
 
     #[test]
@@ -960,6 +1073,7 @@ mod tests {
     fn every_rule_is_exercised_by_a_test_above() {
         let tested = [
             "runtime-init",
+            "runtime-prelude",
             "foreign-cred",
             "noaudit-observed",
             "noaudit-call-site",

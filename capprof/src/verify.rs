@@ -7,9 +7,11 @@
 //! with fakes; [`ContainerRunner`] re-creates a container from its inspect data, [`ComposeRunner`]
 //! runs a Compose service with a temporary override file, and [`Profiler`] gives the profiles.
 //!
-//! A run **passes** when the workload ends as the original did (the original container's exit
-//! status, or 0 for a test command) and no check that counts as a need (`required`/`missing`)
-//! was denied. A capability is **proven necessary** when the run without it does not pass.
+//! The recommended run **passes** when the workload ends as the original did or with 0 (an
+//! original that failed for want of a capability may well succeed now; a test command must
+//! exit 0) and no check that counts as a need (`required`/`missing`) was denied. A capability
+//! is **proven necessary** when the run without it ends otherwise than the recommended run did,
+//! or has a need denied.
 //! Each run is a new container, so its checks land in that container's own profile and never in
 //! the profile that was verified.
 
@@ -123,7 +125,7 @@ pub struct RunOutcome {
     reason = "used generically within this crate and its tests, never as dyn"
 )]
 pub trait WorkloadRunner {
-    /// The exit status a run must end with to count as working.
+    /// The exit status the original run ended with (0 for a test command).
     fn expected_exit(&self) -> i64;
 
     /// Runs the workload once with `cap_drop: [ALL]` and `request.cap_add`, and waits for it to
@@ -171,6 +173,7 @@ impl RunProfiles for Profiler {
 pub struct DeniedNeed {
     /// The capability that would allow it (may differ from the one checked: DAC_OVERRIDE for
     /// a read the kernel first checked DAC_READ_SEARCH for).
+    #[serde(serialize_with = "compose_names::one")]
     pub capability: Capability,
     pub checked: String,
     pub syscall: String,
@@ -184,10 +187,12 @@ pub struct DeniedNeed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RunVerdict {
     pub purpose: String,
+    #[serde(serialize_with = "compose_names::many")]
     pub cap_add: Vec<Capability>,
     pub container: String,
     pub exit_code: i64,
-    pub expected_exit: i64,
+    /// The exit statuses that count as working.
+    pub accepted_exits: Vec<i64>,
     /// Needs that were denied: what failed.
     pub denied: Vec<DeniedNeed>,
     pub passed: bool,
@@ -198,17 +203,20 @@ impl RunVerdict {
     pub fn judge(
         request: &RunRequest,
         outcome: &RunOutcome,
-        expected_exit: i64,
+        accepted_exits: &[i64],
         recommendation: &Recommendation,
     ) -> Self {
         let denied = denied_needs(recommendation);
+        let mut accepted_exits = accepted_exits.to_vec();
+        accepted_exits.sort_unstable();
+        accepted_exits.dedup();
         Self {
             purpose: request.purpose.clone(),
             cap_add: request.cap_add.clone(),
             container: outcome.container_name.clone(),
             exit_code: outcome.exit_code,
-            expected_exit,
-            passed: outcome.exit_code == expected_exit && denied.is_empty(),
+            passed: accepted_exits.contains(&outcome.exit_code) && denied.is_empty(),
+            accepted_exits,
             denied,
         }
     }
@@ -230,6 +238,7 @@ impl RunVerdict {
 /// Leave-one-out for one capability.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LeftOut {
+    #[serde(serialize_with = "compose_names::one")]
     pub capability: Capability,
     pub run: RunVerdict,
 }
@@ -245,6 +254,7 @@ impl LeftOut {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     pub target: String,
+    #[serde(serialize_with = "compose_names::many")]
     pub cap_add: Vec<Capability>,
     pub recommended_run: RunVerdict,
     /// Empty unless leave-one-out was asked for and the recommended run passed.
@@ -312,7 +322,8 @@ pub async fn verify<R: WorkloadRunner, P: RunProfiles>(
         cap_add: plan.cap_add.clone(),
         purpose: "recommended".to_owned(),
     };
-    let recommended_run = run_and_judge(runner, profiles, &recommended).await?;
+    let accepted = [runner.expected_exit(), 0];
+    let recommended_run = run_and_judge(runner, profiles, &recommended, &accepted).await?;
     let mut leave_one_out = Vec::new();
     if plan.leave_one_out && recommended_run.passed {
         for capability in &plan.cap_add {
@@ -325,7 +336,8 @@ pub async fn verify<R: WorkloadRunner, P: RunProfiles>(
                     .collect(),
                 purpose: format!("without-{}", capability.short_name()),
             };
-            let run = run_and_judge(runner, profiles, &request).await?;
+            let run =
+                run_and_judge(runner, profiles, &request, &[recommended_run.exit_code]).await?;
             leave_one_out.push(LeftOut {
                 capability: *capability,
                 run,
@@ -345,15 +357,38 @@ async fn run_and_judge<R: WorkloadRunner, P: RunProfiles>(
     runner: &mut R,
     profiles: &mut P,
     request: &RunRequest,
+    accepted_exits: &[i64],
 ) -> Result<RunVerdict, VerifyError> {
     tracing::info!(purpose = %request.purpose, cap_add = ?request.cap_add, "verification run");
     let outcome = runner.run(request).await?;
     let recommendation = profiles.recommendation(&outcome).await;
     // The container goes whatever the profile said.
     let cleaned = runner.clean_up(&outcome).await;
-    let verdict = RunVerdict::judge(request, &outcome, runner.expected_exit(), &recommendation?);
+    let verdict = RunVerdict::judge(request, &outcome, accepted_exits, &recommendation?);
     cleaned?;
     Ok(verdict)
+}
+
+/// Capabilities in JSON as Compose and `report --format json` spell them (`NET_RAW`).
+mod compose_names {
+    use serde::{Serializer, ser::SerializeSeq};
+
+    use crate::capability::Capability;
+
+    pub fn one<S: Serializer>(capability: &Capability, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(capability.short_name())
+    }
+
+    pub fn many<S: Serializer>(
+        capabilities: &[Capability],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(capabilities.len()))?;
+        for capability in capabilities {
+            sequence.serialize_element(capability.short_name())?;
+        }
+        sequence.end()
+    }
 }
 
 /// The denied checks of a run's profile that count as needs.

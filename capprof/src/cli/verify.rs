@@ -99,6 +99,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<Exit> {
 }
 
 async fn verify_with(profiler: &mut Profiler, args: &VerifyArgs) -> anyhow::Result<VerifyReport> {
+    // The workload may have ended a moment ago: its last checks must be in the profile.
+    profiler.settle(verify::SETTLE_TIMEOUT).await?;
     let recommendation = profiler.client().recommendation(&args.target).await?;
     let plan = VerifyPlan::for_recommendation(&args.target, &recommendation, args.leave_one_out);
     let report = match &args.compose {

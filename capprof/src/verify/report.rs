@@ -17,10 +17,15 @@ fn names(capabilities: &[Capability]) -> String {
 }
 
 fn describe_run(out: &mut String, run: &RunVerdict) {
-    let exit = if run.exit_code == run.expected_exit {
+    let exit = if run.accepted_exits.contains(&run.exit_code) {
         format!("exited {} as expected", run.exit_code)
     } else {
-        format!("exited {} (expected {})", run.exit_code, run.expected_exit)
+        let accepted: Vec<String> = run.accepted_exits.iter().map(i64::to_string).collect();
+        format!(
+            "exited {} (expected {})",
+            run.exit_code,
+            accepted.join(" or ")
+        )
     };
     let _ = writeln!(out, "  run {}: {exit}", run.container);
     for need in &run.denied {
