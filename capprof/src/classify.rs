@@ -681,7 +681,10 @@ mod tests {
         let other = classify_one(mount(27800, 1_000), vec![parent.clone()]);
         assert_eq!((other.class, other.rule), (CheckClass::Required, "granted"));
         let reused = classify_one(mount(27713, 9_000), vec![parent]);
-        assert_eq!((reused.class, reused.rule), (CheckClass::Required, "granted"));
+        assert_eq!(
+            (reused.class, reused.rule),
+            (CheckClass::Required, "granted")
+        );
         // runc:[2:INIT] executes the entrypoint in place: its pid's later checks are the app's.
         let init = seen(
             entry(

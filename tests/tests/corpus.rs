@@ -115,7 +115,9 @@ fn check_workload(
     // daemon has folded and attributed everything made before it started, and the report is
     // read again after it (and the set verify used is asserted too).
     let report = daemon.wait_for_report(container.name(), PATIENCE, |report| {
-        report["total_checks"].as_u64().is_some_and(|total| total > 0)
+        report["total_checks"]
+            .as_u64()
+            .is_some_and(|total| total > 0)
     });
 
     let output = daemon.cli(&[

@@ -18,7 +18,8 @@ use std::{
 };
 
 use super::{
-    OVERRIDE_ENV, RunOutcome, RunRequest, VerifyError, WorkloadRunner, container::exit_code,
+    OVERRIDE_ENV, RunOutcome, RunRequest, VerifyError, WorkloadRunner,
+    container::{exit_code, to_stderr},
 };
 
 /// The program that runs Compose files (`docker-compose`, or set `CAPPROF_COMPOSE`, e.g. to a
@@ -193,6 +194,7 @@ impl ComposeRunner {
     }
 
     async fn status(&self, mut command: tokio::process::Command) -> Result<i64, VerifyError> {
+        command.stdout(to_stderr());
         let status = command
             .status()
             .await
@@ -275,7 +277,8 @@ impl WorkloadRunner for ComposeRunner {
                         ),
                     )
                     .env("COMPOSE_PROJECT_NAME", self.target.verification_project())
-                    .env(OVERRIDE_ENV, &path);
+                    .env(OVERRIDE_ENV, &path)
+                    .stdout(to_stderr());
                 let status = test.status().await.map_err(|source| VerifyError::Spawn {
                     program: self.test_command[0].clone(),
                     source,

@@ -128,6 +128,7 @@ impl ContainerRunner {
             .args(&self.test_command[1..])
             .env(CONTAINER_ENV, container_name)
             .stdin(Stdio::null())
+            .stdout(to_stderr())
             .status()
             .await
             .map_err(|source| VerifyError::Spawn {
@@ -313,6 +314,17 @@ pub fn verification_body(
         );
     }
     serde_json::from_value(body).unwrap_or_default()
+}
+
+/// Where the workload's and test command's own output goes: stderr, so that capprof's report
+/// (JSON, say) stays alone on stdout.
+pub(crate) fn to_stderr() -> Stdio {
+    use std::os::fd::AsFd;
+    std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 /// A process's exit status the way a shell reports it (128 + signal when killed).

@@ -68,6 +68,14 @@ pub fn render_text(report: &VerifyReport) -> String {
         );
     }
     describe_run(&mut out, run);
+    if run.passed && run.exit_code != 0 {
+        let _ = writeln!(
+            out,
+            "  note: the original run exited {} too, so this only shows the workload ends as it did; \
+             a need it failed on before can still be missing",
+            run.exit_code
+        );
+    }
     if !run.passed {
         let to_add = run.to_add();
         if to_add.is_empty() {
