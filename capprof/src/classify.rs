@@ -151,6 +151,13 @@ const SILENT_CALL_SITES: &[(&str, &str)] = &[
     ("oom_badness", "only adjusts the OOM killer's score"),
 ];
 
+/// System calls in which the kernel checks SYS_ADMIN only through the overcommit heuristic
+/// (`__vm_enough_memory`): when a check's call site was not recorded (the tracer's call-site
+/// table was full), the system call alone says it was that silent probe. `clone` is not among
+/// them: creating namespaces checks SYS_ADMIN for real.
+const OVERCOMMIT_ONLY_SYSCALLS: &[&str] =
+    &["brk", "mmap", "mremap", "mprotect", "execve", "execveat"];
+
 /// (narrower, broader) capabilities the kernel accepts either of, narrow first.
 const OR_CHAINS: &[(Capability, Capability, &str)] = &[
     (Capability::Bpf, Capability::SysAdmin, "bpf_capable()"),
@@ -269,6 +276,23 @@ pub const RULES: &[Rule] = &[
                         "a silent probe from {function} (opts derived from the call site): {why}"
                     ))
                 })
+        },
+    },
+    Rule {
+        name: "overcommit-syscall-without-stack",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            let applies = entry.call_sites.is_empty()
+                && !entry.key.opts_known()
+                && entry.key.cap == Capability::SysAdmin.number()
+                && OVERCOMMIT_ONLY_SYSCALLS.contains(&entry.key.syscall().as_str());
+            applies.then(|| RuleFinding {
+                reason: format!(
+                    "no kernel stack was recorded, but in {}() the kernel asks for SYS_ADMIN only in its overcommit heuristic, which reserves a little more memory with it and falls back without",
+                    entry.key.syscall()
+                ),
+                recommend_instead: None,
+            })
         },
     },
     Rule {
@@ -785,6 +809,43 @@ mod tests {
     }
 
     #[test]
+    fn overcommit_probes_without_a_recorded_stack_are_advisory_by_syscall() {
+        const SYS_EXECVE: u32 = 59;
+        const SYS_CLONE: u32 = 56;
+        let without_stack = |cap, syscall| {
+            let mut bare = entry(cap, EntryVerdict::Denied, syscall, 0, &[], "sh", 0);
+            bare.call_sites.clear();
+            bare
+        };
+        let c = classify_one(without_stack(Capability::SysAdmin, SYS_EXECVE), vec![]);
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Advisory, "overcommit-syscall-without-stack")
+        );
+        let brk = classify_one(without_stack(Capability::SysAdmin, 12), vec![]);
+        assert_eq!(brk.class, CheckClass::Advisory);
+        // clone may create namespaces, and other capabilities are other matters.
+        let clone = classify_one(without_stack(Capability::SysAdmin, SYS_CLONE), vec![]);
+        assert_eq!((clone.class, clone.rule), (CheckClass::Missing, "denied"));
+        let raw = classify_one(without_stack(Capability::SysRawio, SYS_MMAP), vec![]);
+        assert_eq!(raw.class, CheckClass::Missing);
+        // With a stack, the stack decides.
+        let mount_in_mmap = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MMAP,
+                0,
+                &["cap_capable", "some_driver_mmap"],
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(mount_in_mmap.class, CheckClass::Required);
+    }
+
+    #[test]
     fn denials_of_non_root_processes_are_superseded() {
         let c = classify_one(
             entry(
@@ -1080,6 +1141,7 @@ mod tests {
             "foreign-cred",
             "noaudit-observed",
             "noaudit-call-site",
+            "overcommit-syscall-without-stack",
             "nonroot-denied",
             "chmod-setgid-probe",
             "read-search-then-override",
