@@ -12,6 +12,7 @@
 //! cap_add: [SYS_NICE]           # the true minimal set
 //! dangerous: {SYS_ADMIN: "hostname:"}   # flagged capabilities, and what their alternative says
 //! report_mentions: [open_by_handle_at]  # text the JSON report must contain
+//! profile_exit: 1               # when a need is denied while profiling (default 0)
 //! ```
 //!
 //! The corpus image (`tests/workloads/Dockerfile`) is the busybox test image plus files owned
@@ -46,6 +47,9 @@ pub struct WorkloadSpec {
     pub dangerous: BTreeMap<String, String>,
     #[serde(default)]
     pub report_mentions: Vec<String>,
+    /// The profiled run's exit status: 0 unless a need is denied while profiling.
+    #[serde(default)]
+    pub profile_exit: i64,
 }
 
 /// A workload of the corpus.
@@ -236,6 +240,7 @@ mod tests {
                 cap_add: vec!["SYS_NICE".into()],
                 dangerous: BTreeMap::new(),
                 report_mentions: vec![],
+                profile_exit: 0,
             },
         };
         assert_eq!(

@@ -104,9 +104,10 @@ fn check_workload(
     let exit = container
         .wait()
         .map_err(|error| format!("cannot wait: {error}"))?;
-    if exit != 0 {
+    if exit != workload.spec.profile_exit {
         return Err(format!(
-            "the workload failed while profiled (exit {exit}):\n{}",
+            "the profiled run exited {exit}, expected {}:\n{}",
+            workload.spec.profile_exit,
             container.logs().unwrap_or_default()
         ));
     }
@@ -194,6 +195,20 @@ fn check_workload(
             )
         })
         .collect();
+    // A run without one capability that names what to add must name exactly that one.
+    for left in verified["leave_one_out"].as_array().into_iter().flatten() {
+        let dropped = left["capability"].as_str().unwrap_or_default();
+        let mut named: Vec<&str> = left["run"]["denied"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|need| need["capability"].as_str())
+            .collect();
+        named.dedup();
+        if !(named.is_empty() || named == [dropped]) {
+            problems.push(format!("without {dropped}, verify says to add {named:?}"));
+        }
+    }
     let proven: Vec<&String> = left_out
         .iter()
         .filter(|(_, needed)| *needed)
@@ -212,7 +227,14 @@ fn check_workload(
             options if options.is_empty() => "Docker's defaults".to_owned(),
             options => format!("Docker's defaults {options}"),
         };
-        Ok(format!("[{}]  profiled under {how}", expected.join(", ")))
+        let failed = match workload.spec.profile_exit {
+            0 => String::new(),
+            code => format!(" (where it exited {code})"),
+        };
+        Ok(format!(
+            "[{}]  profiled under {how}{failed}",
+            expected.join(", ")
+        ))
     } else {
         Err(format!(
             "{}\nreport:\n{report:#}\nverify:\n{verified:#}\n{stderr}",
