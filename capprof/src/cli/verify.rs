@@ -23,7 +23,7 @@ use super::Exit;
 ///
 /// A container is re-created from its inspect data (same image by id, command, user, env, working
 /// directory, sysctls, mounts, network mode, labels without Compose's) under a new name, and must
-/// exit as the original did. With --compose, the service runs under a temporary override file
+/// exit as the original did, or 0. With --compose, the service runs under a temporary override file
 /// (cap_drop: [ALL], cap_add: [...]) in the project <project>-capprof-verify and must exit 0.
 /// With a test command after `--`, the workload runs detached and the command's exit status
 /// decides; it finds the verification container in $CAPPROF_VERIFY_CONTAINER, or (with
