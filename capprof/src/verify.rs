@@ -46,6 +46,11 @@ pub const CONTAINER_ENV: &str = "CAPPROF_VERIFY_CONTAINER";
 /// With a test command in Compose mode, the override file capprof wrote (also in `COMPOSE_FILE`).
 pub const OVERRIDE_ENV: &str = "CAPPROF_VERIFY_OVERRIDE";
 
+/// How long one run may take before it is stopped and counted as failed.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// The exit status of a run that was stopped for taking too long (as `timeout(1)` reports).
+pub const TIMED_OUT_EXIT: i64 = 124;
+
 /// How long a run's checks may take to be folded and attributed after it ended.
 pub const SETTLE_TIMEOUT: Duration = crate::profiler::SETTLE_TIMEOUT;
 
@@ -115,8 +120,10 @@ pub struct RunOutcome {
     pub container_id: String,
     /// Its name, for people.
     pub container_name: String,
-    /// The workload's exit status, or the test command's.
+    /// The workload's exit status, or the test command's ([`TIMED_OUT_EXIT`] when stopped).
     pub exit_code: i64,
+    /// It did not end within the run timeout and was stopped.
+    pub timed_out: bool,
 }
 
 /// Runs the workload with a given capability set.
@@ -191,6 +198,8 @@ pub struct RunVerdict {
     pub cap_add: Vec<Capability>,
     pub container: String,
     pub exit_code: i64,
+    /// Stopped after the run timeout: a workload that hangs without a capability breaks too.
+    pub timed_out: bool,
     /// The exit statuses that count as working.
     pub accepted_exits: Vec<i64>,
     /// Needs that were denied: what failed.
@@ -215,7 +224,10 @@ impl RunVerdict {
             cap_add: request.cap_add.clone(),
             container: outcome.container_name.clone(),
             exit_code: outcome.exit_code,
-            passed: accepted_exits.contains(&outcome.exit_code) && denied.is_empty(),
+            timed_out: outcome.timed_out,
+            passed: !outcome.timed_out
+                && accepted_exits.contains(&outcome.exit_code)
+                && denied.is_empty(),
             accepted_exits,
             denied,
         }
@@ -367,6 +379,22 @@ async fn run_and_judge<R: WorkloadRunner, P: RunProfiles>(
     let verdict = RunVerdict::judge(request, &outcome, accepted_exits, &recommendation?);
     cleaned?;
     Ok(verdict)
+}
+
+/// Runs `command` to its end, or kills it after `timeout`: its status, or `None` when killed.
+pub(crate) async fn status_within(
+    command: &mut tokio::process::Command,
+    timeout: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let mut child = command.kill_on_drop(true).spawn()?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map(Some),
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Ok(None)
+        }
+    }
 }
 
 /// Capabilities in JSON as Compose and `report --format json` spell them (`NET_RAW`).

@@ -1,5 +1,6 @@
 //! `capprof verify` end to end, beyond the corpus: a test command that finds a missing
-//! capability, and a Compose service verified through an override file.
+//! capability, a workload that hangs without one, and a Compose service verified through an
+//! override file.
 
 use std::{process::Command, time::Duration};
 
@@ -83,6 +84,62 @@ fn a_test_command_that_needs_more_fails_verification_and_names_what_to_add() {
         "true",
         "the original keeps running"
     );
+}
+
+#[test]
+fn a_workload_that_hangs_without_a_capability_is_stopped_and_counts_as_broken() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let daemon = DaemonProcess::start(&engine);
+    // Retries until its raw socket works, as services retry what they need.
+    let retrier = ContainerBuilder::new(&engine, "verify-retrier")
+        .command([
+            "sh",
+            "-c",
+            "until ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1; do sleep 0.2; done",
+        ])
+        .start()
+        .expect("start the retrier");
+    assert_eq!(retrier.wait().expect("the retrier exits"), 0);
+    daemon.wait_for_report(retrier.name(), PATIENCE, |report| {
+        cap_add(report) == ["NET_RAW"]
+    });
+
+    let output = daemon.cli(&[
+        "verify",
+        retrier.name(),
+        "--leave-one-out",
+        "--timeout",
+        "5",
+        "--format",
+        "json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+        panic!(
+            "verify printed no JSON ({error}): {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["recommended_run"]["timed_out"], false, "{report:#}");
+    let without = &report["leave_one_out"][0]["run"];
+    assert_eq!(without["timed_out"], true, "{report:#}");
+    assert_eq!(without["passed"], false, "{report:#}");
+    let left = engine
+        .cli([
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            &format!("label=io.capprof.verification-of={}", retrier.id()),
+        ])
+        .expect("docker ps");
+    assert!(left.is_empty(), "the stopped run is removed too: {left}");
 }
 
 #[test]

@@ -49,6 +49,11 @@ pub struct VerifyArgs {
     #[arg(long)]
     leave_one_out: bool,
 
+    /// How long one run may take, in seconds, before it is stopped and counts as failed (a
+    /// workload that hangs without a capability breaks too).
+    #[arg(long, value_name = "SECS", default_value_t = verify::DEFAULT_RUN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+
     /// Output: text for people, or JSON.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -103,10 +108,12 @@ async fn verify_with(profiler: &mut Profiler, args: &VerifyArgs) -> anyhow::Resu
     profiler.settle(verify::SETTLE_TIMEOUT).await?;
     let recommendation = profiler.client().recommendation(&args.target).await?;
     let plan = VerifyPlan::for_recommendation(&args.target, &recommendation, args.leave_one_out);
+    let timeout = std::time::Duration::from_secs(args.timeout);
     let report = match &args.compose {
         Some(file) => {
             let target = ComposeTarget::parse(&args.target, file)?;
-            let mut runner = ComposeRunner::prepare(target, args.command.clone())?;
+            let mut runner =
+                ComposeRunner::prepare(target, args.command.clone())?.with_timeout(timeout);
             verify::verify(&mut runner, profiler, &plan).await?
         }
         None => {
@@ -114,8 +121,9 @@ async fn verify_with(profiler: &mut Profiler, args: &VerifyArgs) -> anyhow::Resu
             let engine = docker::connect(&address)
                 .await
                 .with_context(|| format!("connecting to the Docker engine at {address}"))?;
-            let mut runner =
-                ContainerRunner::prepare(engine, &args.target, args.command.clone()).await?;
+            let mut runner = ContainerRunner::prepare(engine, &args.target, args.command.clone())
+                .await?
+                .with_timeout(timeout);
             verify::verify(&mut runner, profiler, &plan).await?
         }
     };

@@ -15,11 +15,14 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use super::{
-    OVERRIDE_ENV, RunOutcome, RunRequest, VerifyError, WorkloadRunner,
+    DEFAULT_RUN_TIMEOUT, OVERRIDE_ENV, RunOutcome, RunRequest, TIMED_OUT_EXIT, VerifyError,
+    WorkloadRunner,
     container::{exit_code, to_stderr},
+    status_within,
 };
 
 /// The program that runs Compose files (`docker-compose`, or set `CAPPROF_COMPOSE`, e.g. to a
@@ -118,6 +121,7 @@ pub struct ComposeRunner {
     test_command: Vec<String>,
     override_dir: tempfile_dir::TempDir,
     program: String,
+    timeout: Duration,
 }
 
 impl ComposeRunner {
@@ -154,7 +158,14 @@ impl ComposeRunner {
             override_dir: tempfile_dir::TempDir::new("capprof-verify")?,
             program: std::env::var(COMPOSE_PROGRAM_ENV)
                 .unwrap_or_else(|_| "docker-compose".to_owned()),
+            timeout: DEFAULT_RUN_TIMEOUT,
         })
+    }
+
+    /// How long one run may take before it is stopped and counted as failed.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn override_path(&self) -> PathBuf {
@@ -193,16 +204,20 @@ impl ComposeRunner {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
-    async fn status(&self, mut command: tokio::process::Command) -> Result<i64, VerifyError> {
+    /// The command's status, `None` when it was stopped for taking too long.
+    async fn status(
+        &self,
+        program: &str,
+        mut command: tokio::process::Command,
+    ) -> Result<Option<i64>, VerifyError> {
         command.stdout(to_stderr());
-        let status = command
-            .status()
+        let status = status_within(&mut command, self.timeout)
             .await
             .map_err(|source| VerifyError::Spawn {
-                program: self.program.clone(),
+                program: program.to_owned(),
                 source,
             })?;
-        Ok(exit_code(status))
+        Ok(status.map(exit_code))
     }
 
     async fn service_container(&self) -> Result<(String, String), VerifyError> {
@@ -251,7 +266,7 @@ impl WorkloadRunner for ComposeRunner {
             source,
         })?;
         let outcome = async {
-            let exit_code = if self.test_command.is_empty() {
+            let ended = if self.test_command.is_empty() {
                 let mut up = self.compose();
                 up.args([
                     "up",
@@ -260,7 +275,7 @@ impl WorkloadRunner for ComposeRunner {
                     &self.target.service,
                     &self.target.service,
                 ]);
-                self.status(up).await?
+                self.status(&self.program, up).await?
             } else {
                 let mut up = self.compose();
                 up.args(["up", "--detach", &self.target.service]);
@@ -277,19 +292,15 @@ impl WorkloadRunner for ComposeRunner {
                         ),
                     )
                     .env("COMPOSE_PROJECT_NAME", self.target.verification_project())
-                    .env(OVERRIDE_ENV, &path)
-                    .stdout(to_stderr());
-                let status = test.status().await.map_err(|source| VerifyError::Spawn {
-                    program: self.test_command[0].clone(),
-                    source,
-                })?;
-                exit_code(status)
+                    .env(OVERRIDE_ENV, &path);
+                self.status(&self.test_command[0], test).await?
             };
             let (container_id, container_name) = self.service_container().await?;
             Ok(RunOutcome {
                 container_id,
                 container_name,
-                exit_code,
+                exit_code: ended.unwrap_or(TIMED_OUT_EXIT),
+                timed_out: ended.is_none(),
             })
         }
         .await;

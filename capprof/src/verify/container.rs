@@ -19,8 +19,8 @@ use bollard::{
 };
 
 use super::{
-    CONTAINER_ENV, RunOutcome, RunRequest, VERIFICATION_OF_LABEL, VERIFICATION_RUN_LABEL,
-    VerifyError, WorkloadRunner,
+    CONTAINER_ENV, DEFAULT_RUN_TIMEOUT, RunOutcome, RunRequest, TIMED_OUT_EXIT,
+    VERIFICATION_OF_LABEL, VERIFICATION_RUN_LABEL, VerifyError, WorkloadRunner, status_within,
 };
 use crate::docker::{COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, Engine};
 
@@ -39,6 +39,7 @@ pub struct ContainerRunner {
     test_command: Vec<String>,
     expected_exit: i64,
     runs: u32,
+    timeout: Duration,
 }
 
 impl ContainerRunner {
@@ -79,7 +80,14 @@ impl ContainerRunner {
             test_command,
             expected_exit,
             runs: 0,
+            timeout: DEFAULT_RUN_TIMEOUT,
         })
+    }
+
+    /// How long one run may take before it is stopped and counted as failed.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The original container's name.
@@ -122,20 +130,22 @@ impl ContainerRunner {
             .map_err(docker_error("inspect container"))
     }
 
-    async fn run_test_command(&self, container_name: &str) -> Result<i64, VerifyError> {
+    /// The test command's exit status, `None` when it was stopped for taking too long.
+    async fn run_test_command(&self, container_name: &str) -> Result<Option<i64>, VerifyError> {
         let program = &self.test_command[0];
-        let status = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(&self.test_command[1..])
             .env(CONTAINER_ENV, container_name)
             .stdin(Stdio::null())
-            .stdout(to_stderr())
-            .status()
+            .stdout(to_stderr());
+        let status = status_within(&mut command, self.timeout)
             .await
             .map_err(|source| VerifyError::Spawn {
                 program: program.clone(),
                 source,
             })?;
-        Ok(exit_code(status))
+        Ok(status.map(exit_code))
     }
 }
 
@@ -161,23 +171,27 @@ impl WorkloadRunner for ContainerRunner {
                 .start_container(&id, None)
                 .await
                 .map_err(docker_error("start container"))?;
-            if self.test_command.is_empty() {
-                self.wait_for_exit(&id).await
+            let ended = if self.test_command.is_empty() {
+                match tokio::time::timeout(self.timeout, self.wait_for_exit(&id)).await {
+                    Ok(exit) => Some(exit?),
+                    Err(_) => None,
+                }
             } else {
-                let code = self.run_test_command(&name).await;
-                let stop = StopContainerOptionsBuilder::default()
-                    .t(STOP_GRACE_SECS)
-                    .build();
-                let _ = self.engine.client().stop_container(&id, Some(stop)).await;
-                code
-            }
+                self.run_test_command(&name).await?
+            };
+            // The workload of a test command runs on until stopped, as does one that hangs.
+            let grace = if ended.is_some() { STOP_GRACE_SECS } else { 0 };
+            let stop = StopContainerOptionsBuilder::default().t(grace).build();
+            let _ = self.engine.client().stop_container(&id, Some(stop)).await;
+            Ok::<_, VerifyError>(ended)
         }
         .await;
         match outcome {
-            Ok(exit_code) => Ok(RunOutcome {
+            Ok(ended) => Ok(RunOutcome {
                 container_id: id,
                 container_name: name,
-                exit_code,
+                exit_code: ended.unwrap_or(TIMED_OUT_EXIT),
+                timed_out: ended.is_none(),
             }),
             Err(error) => {
                 let _ = remove(&self.engine, &id).await;

@@ -17,7 +17,9 @@ fn names(capabilities: &[Capability]) -> String {
 }
 
 fn describe_run(out: &mut String, run: &RunVerdict) {
-    let exit = if run.accepted_exits.contains(&run.exit_code) {
+    let exit = if run.timed_out {
+        "did not end within the run timeout (--timeout) and was stopped".to_owned()
+    } else if run.accepted_exits.contains(&run.exit_code) {
         format!("exited {} as expected", run.exit_code)
     } else {
         let accepted: Vec<String> = run.accepted_exits.iter().map(i64::to_string).collect();

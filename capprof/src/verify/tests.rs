@@ -118,6 +118,7 @@ impl WorkloadRunner for FakeWorkload {
             container_name: format!("verify-{id}"),
             container_id: id,
             exit_code,
+            timed_out: false,
         })
     }
 
@@ -232,6 +233,7 @@ async fn a_different_exit_status_fails_without_naming_a_capability() {
         container_id: "c".into(),
         container_name: "c".into(),
         exit_code: 0,
+        timed_out: false,
     };
     let request = RunRequest {
         cap_add: vec![],
@@ -256,4 +258,54 @@ async fn a_different_exit_status_fails_without_naming_a_capability() {
     assert_eq!(report.recommended_run.accepted_exits, vec![0, 3]);
     assert!(report.proven_minimal(), "{}", render_text(&report));
     assert!(text.contains("seccomp"), "{text}");
+}
+
+#[tokio::test]
+async fn a_run_stopped_for_taking_too_long_fails_whatever_its_status() {
+    let request = RunRequest {
+        cap_add: vec![],
+        purpose: "without-NET_BIND_SERVICE".into(),
+    };
+    let outcome = RunOutcome {
+        container_id: "c".into(),
+        container_name: "c".into(),
+        exit_code: TIMED_OUT_EXIT,
+        timed_out: true,
+    };
+    let verdict = RunVerdict::judge(
+        &request,
+        &outcome,
+        &[TIMED_OUT_EXIT],
+        &recommendation(vec![]),
+    );
+    assert!(!verdict.passed);
+    let report = VerifyReport {
+        target: "web".into(),
+        cap_add: vec![],
+        recommended_run: verdict,
+        leave_one_out: vec![],
+        leave_one_out_requested: false,
+    };
+    assert!(
+        render_text(&report).contains("did not end within the run timeout"),
+        "{}",
+        render_text(&report)
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_outlives_its_timeout_is_killed() {
+    let mut sleeper = tokio::process::Command::new("sleep");
+    sleeper.arg("30");
+    let started = std::time::Instant::now();
+    let status = status_within(&mut sleeper, std::time::Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(status, None);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let mut quick = tokio::process::Command::new("true");
+    let status = status_within(&mut quick, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|status| status.success()));
 }
