@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capability::Capability,
-    profile::{EntryKey, EntryVerdict, Profile, ProfileEntry},
+    docker::{RuntimeProcess, runtime_process},
+    profile::{EntryKey, EntryVerdict, Example, Profile, ProfileEntry},
 };
 use capprof_common::check_flags;
 
@@ -150,6 +151,13 @@ const SILENT_CALL_SITES: &[(&str, &str)] = &[
     ("oom_badness", "only adjusts the OOM killer's score"),
 ];
 
+/// System calls in which the kernel checks SYS_ADMIN only through the overcommit heuristic
+/// (`__vm_enough_memory`): when a check's call site was not recorded (the tracer's call-site
+/// table was full), the system call alone says it was that silent probe. `clone` is not among
+/// them: creating namespaces checks SYS_ADMIN for real.
+const OVERCOMMIT_ONLY_SYSCALLS: &[&str] =
+    &["brk", "mmap", "mremap", "mprotect", "execve", "execveat"];
+
 /// (narrower, broader) capabilities the kernel accepts either of, narrow first.
 const OR_CHAINS: &[(Capability, Capability, &str)] = &[
     (Capability::Bpf, Capability::SysAdmin, "bpf_capable()"),
@@ -178,6 +186,19 @@ const FILE_HANDLE_CALL_SITES: &[&str] = &[
     "open_by_handle_at",
 ];
 
+/// Kernel paths where a chmod asks for CAP_FSETID only to decide whether the new mode keeps
+/// its setgid bit (`in_group_or_capable`, inlined into these): refused, the kernel clears that
+/// bit and the chmod succeeds.
+const CHMOD_SETGID_CALL_SITES: &[&str] = &[
+    "setattr_prepare",
+    "setattr_copy",
+    "setattr_copy_mode",
+    "in_group_or_capable",
+];
+
+/// The system calls that change a file's mode.
+const CHMOD_SYSCALLS: &[&str] = &["chmod", "fchmod", "fchmodat", "fchmodat2"];
+
 /// The rules, in the order they are tried. The first that applies decides.
 pub const RULES: &[Rule] = &[
     Rule {
@@ -191,6 +212,26 @@ pub const RULES: &[Rule] = &[
                 ),
                 recommend_instead: None,
             })
+        },
+    },
+    Rule {
+        name: "runtime-prelude",
+        class: CheckClass::RuntimeSetup,
+        applies: |context, entry| {
+            if entry.key.has(check_flags::RUNTIME_INIT) || entry.call_sites.is_empty() {
+                return None;
+            }
+            let bootstraps: Vec<&Example> = entry
+                .call_sites
+                .iter()
+                .map(|site| became_runtime_bootstrap(context, &site.example))
+                .collect::<Option<_>>()?;
+            let later = bootstraps.first()?;
+            RuleFinding::because(format!(
+                "made by process {} before it renamed itself {}: the container runtime preparing its own binary (runc's \
+                 bind-mounted or memfd copy of itself), before anything of the container ran",
+                later.tgid, later.comm
+            ))
         },
     },
     Rule {
@@ -238,6 +279,23 @@ pub const RULES: &[Rule] = &[
         },
     },
     Rule {
+        name: "overcommit-syscall-without-stack",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            let applies = entry.call_sites.is_empty()
+                && !entry.key.opts_known()
+                && entry.key.cap == Capability::SysAdmin.number()
+                && OVERCOMMIT_ONLY_SYSCALLS.contains(&entry.key.syscall().as_str());
+            applies.then(|| RuleFinding {
+                reason: format!(
+                    "no kernel stack was recorded, but in {}() the kernel asks for SYS_ADMIN only in its overcommit heuristic, which reserves a little more memory with it and falls back without",
+                    entry.key.syscall()
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
         name: "nonroot-denied",
         class: CheckClass::Superseded,
         applies: |_, entry| {
@@ -245,6 +303,24 @@ pub const RULES: &[Rule] = &[
                 reason: format!(
                     "denied to a non-root process (uid {}): cap_add does not give capabilities to it without file capabilities or ambient capabilities",
                     entry.first_example().map(|e| e.uid.to_string()).unwrap_or_else(|| "≠0".into())
+                ),
+                recommend_instead: None,
+            })
+        },
+    },
+    Rule {
+        name: "chmod-setgid-probe",
+        class: CheckClass::Advisory,
+        applies: |_, entry| {
+            let applies = entry.key.cap == Capability::Fsetid.number()
+                && CHMOD_SYSCALLS.contains(&entry.key.syscall().as_str())
+                && CHMOD_SETGID_CALL_SITES
+                    .iter()
+                    .any(|function| stack_has(entry, function));
+            applies.then(|| RuleFinding {
+                reason: format!(
+                    "{}() asks for FSETID on every mode change only to decide whether the new mode keeps a setgid bit; refused, the kernel clears that bit and the chmod succeeds",
+                    entry.key.syscall()
                 ),
                 recommend_instead: None,
             })
@@ -265,7 +341,9 @@ pub const RULES: &[Rule] = &[
                     && other.key.syscall_nr == entry.key.syscall_nr
             });
             override_granted.then(|| RuleFinding {
-                reason: "the kernel tried DAC_READ_SEARCH first for a read, then DAC_OVERRIDE, which was granted and suffices".into(),
+                reason: "the kernel tried DAC_READ_SEARCH first for a read, then DAC_OVERRIDE, which was granted and suffices; \
+                         DAC_READ_SEARCH would also allow open_by_handle_at, the classic container escape, which is why Docker leaves it out"
+                    .into(),
                 recommend_instead: None,
             })
         },
@@ -281,6 +359,22 @@ pub const RULES: &[Rule] = &[
             applies.then(|| RuleFinding {
                 reason: "reading files it does not own: DAC_OVERRIDE allows the same reads, while DAC_READ_SEARCH also \
                          allows open_by_handle_at, the classic container escape (which is why Docker leaves it out of its defaults)"
+                    .into(),
+                recommend_instead: Some(Capability::DacOverride),
+            })
+        },
+    },
+    Rule {
+        name: "read-search-denied-for-reads",
+        class: CheckClass::Missing,
+        applies: |_, entry| {
+            let applies = entry.key.cap == Capability::DacReadSearch.number()
+                && entry.key.verdict == EntryVerdict::Denied
+                && !is_file_handle_check(entry)
+                && stack_has(entry, "generic_permission");
+            applies.then(|| RuleFinding {
+                reason: "denied for a read of a file it does not own, and DAC_OVERRIDE, which the kernel tries next, was not granted \
+                         either: DAC_OVERRIDE alone allows that read, without DAC_READ_SEARCH's open_by_handle_at"
                     .into(),
                 recommend_instead: Some(Capability::DacOverride),
             })
@@ -388,6 +482,24 @@ pub fn classify_entry(context: &Context<'_>, entry: &ProfileEntry) -> Classified
     unreachable!("the last rule always applies")
 }
 
+/// The runtime bootstrap check (runc before its init stage) that `example`'s process made at the
+/// same time or later, if any. runc starts as `exe` (`/proc/self/exe init`) and only renames
+/// itself once it runs from its cloned binary; that process never becomes the application (the
+/// entrypoint is executed by its grandchild, `runc:[2:INIT]`), so whatever it did before the
+/// rename is the runtime's, although the kernel saw no runtime name.
+fn became_runtime_bootstrap<'a>(context: &Context<'a>, example: &Example) -> Option<&'a Example> {
+    context
+        .entries
+        .iter()
+        .filter(|other| other.key.has(check_flags::RUNTIME_INIT))
+        .flat_map(|other| other.call_sites.iter().map(|site| &site.example))
+        .find(|runtime| {
+            runtime.tgid == example.tgid
+                && runtime.seen_at_ms >= example.seen_at_ms
+                && runtime_process(&runtime.comm, None) == Some(RuntimeProcess::RuncBootstrap)
+        })
+}
+
 /// "httpd called bind() → __inet_bind, 12×": what ran, which syscall, which kernel path, how often.
 pub fn describe_use(entry: &ProfileEntry) -> String {
     let who = entry
@@ -450,7 +562,7 @@ pub fn entry_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{EntryCallSite, Example, Subject, SubjectInfo};
+    use crate::profile::{EntryCallSite, Subject, SubjectInfo};
 
     const SYS_SETHOSTNAME: u32 = 170;
     const SYS_OPENAT: u32 = 257;
@@ -540,6 +652,81 @@ mod tests {
         assert!(c.reason.contains("runc:[2:INIT]"), "{}", c.reason);
     }
 
+    /// An entry whose one call site was first seen from `pid` at `at_ms`.
+    fn seen(mut entry: ProfileEntry, pid: u32, at_ms: i64) -> ProfileEntry {
+        for site in &mut entry.call_sites {
+            site.example.pid = pid;
+            site.example.tgid = pid;
+            site.example.seen_at_ms = at_ms;
+        }
+        entry
+    }
+
+    #[test]
+    fn what_runc_did_before_renaming_itself_is_runtime_setup() {
+        const SYS_MOUNT: u32 = 165;
+        const SYS_CLONE: u32 = 56;
+        // runc's `exe` stage bind-mounts its own binary, then runs as `runc:[0:PARENT]`.
+        let mount = |pid, at_ms| {
+            seen(
+                entry(
+                    Capability::SysAdmin,
+                    EntryVerdict::Granted,
+                    SYS_MOUNT,
+                    0,
+                    &["cap_capable", "ns_capable", "path_mount+0xda"],
+                    "exe",
+                    0,
+                ),
+                pid,
+                at_ms,
+            )
+        };
+        let parent = seen(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_CLONE,
+                check_flags::RUNTIME_INIT,
+                &["cap_capable", "ns_capable", "copy_process"],
+                "runc:[0:PARENT]",
+                0,
+            ),
+            27713,
+            1_000,
+        );
+        let c = classify_one(mount(27713, 1_000), vec![parent.clone()]);
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::RuntimeSetup, "runtime-prelude")
+        );
+        assert!(c.reason.contains("runc:[0:PARENT]"), "{}", c.reason);
+        // Another process, or the same pid reused after runc was gone: the application's.
+        let other = classify_one(mount(27800, 1_000), vec![parent.clone()]);
+        assert_eq!((other.class, other.rule), (CheckClass::Required, "granted"));
+        let reused = classify_one(mount(27713, 9_000), vec![parent]);
+        assert_eq!(
+            (reused.class, reused.rule),
+            (CheckClass::Required, "granted")
+        );
+        // runc:[2:INIT] executes the entrypoint in place: its pid's later checks are the app's.
+        let init = seen(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MOUNT,
+                check_flags::RUNTIME_INIT,
+                &["cap_capable", "ns_capable", "path_mount+0xda"],
+                "runc:[2:INIT]",
+                0,
+            ),
+            27720,
+            1_000,
+        );
+        let app = classify_one(mount(27720, 1_000), vec![init]);
+        assert_eq!((app.class, app.rule), (CheckClass::Required, "granted"));
+    }
+
     #[test]
     fn foreign_credentials_are_not_the_containers_needs() {
         let c = classify_one(
@@ -619,6 +806,43 @@ mod tests {
             vec![],
         );
         assert_eq!(c.class, CheckClass::Required);
+    }
+
+    #[test]
+    fn overcommit_probes_without_a_recorded_stack_are_advisory_by_syscall() {
+        const SYS_EXECVE: u32 = 59;
+        const SYS_CLONE: u32 = 56;
+        let without_stack = |cap, syscall| {
+            let mut bare = entry(cap, EntryVerdict::Denied, syscall, 0, &[], "sh", 0);
+            bare.call_sites.clear();
+            bare
+        };
+        let c = classify_one(without_stack(Capability::SysAdmin, SYS_EXECVE), vec![]);
+        assert_eq!(
+            (c.class, c.rule),
+            (CheckClass::Advisory, "overcommit-syscall-without-stack")
+        );
+        let brk = classify_one(without_stack(Capability::SysAdmin, 12), vec![]);
+        assert_eq!(brk.class, CheckClass::Advisory);
+        // clone may create namespaces, and other capabilities are other matters.
+        let clone = classify_one(without_stack(Capability::SysAdmin, SYS_CLONE), vec![]);
+        assert_eq!((clone.class, clone.rule), (CheckClass::Missing, "denied"));
+        let raw = classify_one(without_stack(Capability::SysRawio, SYS_MMAP), vec![]);
+        assert_eq!(raw.class, CheckClass::Missing);
+        // With a stack, the stack decides.
+        let mount_in_mmap = classify_one(
+            entry(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                SYS_MMAP,
+                0,
+                &["cap_capable", "some_driver_mmap"],
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(mount_in_mmap.class, CheckClass::Required);
     }
 
     #[test]
@@ -723,6 +947,109 @@ mod tests {
     }
 
     #[test]
+    fn fsetid_asked_by_chmod_is_only_about_keeping_the_setgid_bit() {
+        const SYS_CHMOD: u32 = 90;
+        const SYS_WRITE: u32 = 1;
+        let chmod = |verdict| {
+            classify_one(
+                entry(
+                    Capability::Fsetid,
+                    verdict,
+                    SYS_CHMOD,
+                    0,
+                    &[
+                        "cap_capable+0x83",
+                        "security_capable+0x3b",
+                        "capable_wrt_inode_uidgid+0x4f",
+                        "setattr_prepare+0x16a",
+                        "notify_change+0x1e0",
+                        "chmod_common+0xc6",
+                    ],
+                    "chmod",
+                    0,
+                ),
+                vec![],
+            )
+        };
+        for verdict in [EntryVerdict::Granted, EntryVerdict::Denied] {
+            let c = chmod(verdict);
+            assert_eq!(
+                (c.class, c.rule),
+                (CheckClass::Advisory, "chmod-setgid-probe")
+            );
+            assert!(c.reason.contains("setgid bit"), "{}", c.reason);
+        }
+        // Keeping a setuid bit across a write is another matter: that stays a need.
+        let write = classify_one(
+            entry(
+                Capability::Fsetid,
+                EntryVerdict::Granted,
+                SYS_WRITE,
+                0,
+                &[
+                    "cap_capable",
+                    "setattr_should_drop_suidgid",
+                    "file_remove_privs",
+                ],
+                "app",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!((write.class, write.rule), (CheckClass::Required, "granted"));
+    }
+
+    #[test]
+    fn read_search_denied_with_override_denied_recommends_override() {
+        let override_denied = entry(
+            Capability::DacOverride,
+            EntryVerdict::Denied,
+            SYS_OPENAT,
+            0,
+            READ_STACK,
+            "cat",
+            0,
+        );
+        let c = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                SYS_OPENAT,
+                0,
+                READ_STACK,
+                "cat",
+                0,
+            ),
+            vec![override_denied],
+        );
+        assert_eq!(
+            (c.class, c.rule, c.recommend_instead),
+            (
+                CheckClass::Missing,
+                "read-search-denied-for-reads",
+                Some(Capability::DacOverride)
+            )
+        );
+        assert!(c.reason.contains("open_by_handle_at"), "{}", c.reason);
+        let handles = classify_one(
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                304,
+                0,
+                &["cap_capable", "may_decode_fh", "do_handle_open"],
+                "escape",
+                0,
+            ),
+            vec![],
+        );
+        assert_eq!(
+            (handles.class, handles.rule, handles.recommend_instead),
+            (CheckClass::Missing, "denied", None)
+        );
+    }
+
+    #[test]
     fn sys_admin_after_a_denied_narrow_capability_is_superseded() {
         let bpf_denied = entry(
             Capability::Bpf,
@@ -810,12 +1137,16 @@ mod tests {
     fn every_rule_is_exercised_by_a_test_above() {
         let tested = [
             "runtime-init",
+            "runtime-prelude",
             "foreign-cred",
             "noaudit-observed",
             "noaudit-call-site",
+            "overcommit-syscall-without-stack",
             "nonroot-denied",
+            "chmod-setgid-probe",
             "read-search-then-override",
             "read-search-for-reads",
+            "read-search-denied-for-reads",
             "broad-after-narrow",
             "narrow-then-broad",
             "denied",

@@ -30,6 +30,7 @@ pub mod service;
 pub mod store;
 pub mod trace;
 pub mod trace_output;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -511,6 +511,65 @@ mod tests {
     }
 
     #[test]
+    fn a_read_denied_both_ways_recommends_override_only() {
+        let read = &[
+            "cap_capable",
+            "capable_wrt_inode_uidgid",
+            "generic_permission+0x11a",
+        ];
+        let recommendation = recommend(&profile(vec![
+            entry(
+                Capability::DacReadSearch,
+                EntryVerdict::Denied,
+                257,
+                0,
+                read,
+                "cat",
+            ),
+            entry(
+                Capability::DacOverride,
+                EntryVerdict::Denied,
+                257,
+                0,
+                read,
+                "cat",
+            ),
+        ]));
+        assert_eq!(recommendation.cap_add_names(), ["DAC_OVERRIDE"]);
+        assert_eq!(recommendation.denied, vec![Capability::DacOverride]);
+        assert!(recommendation.dangerous.is_empty());
+    }
+
+    #[test]
+    fn chmod_of_another_users_file_needs_fowner_not_fsetid() {
+        let chmod = &[
+            "cap_capable",
+            "capable_wrt_inode_uidgid",
+            "setattr_prepare+0x16a",
+        ];
+        let recommendation = recommend(&profile(vec![
+            entry(
+                Capability::Fowner,
+                EntryVerdict::Granted,
+                90,
+                0,
+                chmod,
+                "chmod",
+            ),
+            entry(
+                Capability::Fsetid,
+                EntryVerdict::Granted,
+                90,
+                0,
+                chmod,
+                "chmod",
+            ),
+        ]));
+        assert_eq!(recommendation.cap_add_names(), ["FOWNER"]);
+        assert_eq!(recommendation.ignored[&CheckClass::Advisory].len(), 1);
+    }
+
+    #[test]
     fn granted_read_search_becomes_override() {
         let recommendation = recommend(&profile(vec![entry(
             Capability::DacReadSearch,

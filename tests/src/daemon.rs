@@ -100,12 +100,13 @@ impl DaemonProcess {
         panic!("capprof daemon did not answer within 60 s:\n{}", self.log());
     }
 
-    /// Runs the `capprof` CLI against this daemon.
+    /// Runs the `capprof` CLI against this daemon (and its Docker engine).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(&self.binary)
             .args(args)
             .arg("--socket")
             .arg(self.socket())
+            .env("DOCKER_HOST", &self.docker_host)
             .output()
             .expect("run the capprof CLI")
     }

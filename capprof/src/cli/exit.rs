@@ -25,6 +25,10 @@ pub enum Exit {
     Unavailable,
     /// The request was malformed (like a usage error).
     BadUsage,
+    /// `verify`: the workload failed with the recommended capabilities.
+    VerificationFailed,
+    /// `verify --leave-one-out`: the workload works without some recommended capabilities.
+    NotMinimal,
     /// A traced command's own exit status.
     Command(u8),
 }
@@ -69,6 +73,8 @@ impl From<Exit> for ExitCode {
             Exit::NotFound => ExitCode::from(6),
             Exit::PermissionDenied => ExitCode::from(7),
             Exit::Unavailable => ExitCode::from(8),
+            Exit::VerificationFailed => ExitCode::from(9),
+            Exit::NotMinimal => ExitCode::from(10),
             Exit::Command(code) => ExitCode::from(code),
         }
     }

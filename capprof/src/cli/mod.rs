@@ -11,6 +11,7 @@ mod reset;
 mod status;
 mod trace;
 mod unload;
+mod verify;
 mod watch;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ Exit codes:
   6   no container, service or image has that name, or several do (the message lists them)
   7   permission denied on the daemon's socket (run with sudo, or join the `capprof` group)
   8   the daemon cannot answer now (shutting down, busy, or not collecting): try again
+  9   verify: the workload failed with the recommended capabilities (the report says what to add)
+  10  verify --leave-one-out: the workload also works without some of them (the report names them)
   With `trace -- COMMAND`, capprof exits with the command's status.";
 
 /// Which Linux capabilities does this container really need?
@@ -59,6 +62,7 @@ enum Command {
     Status(status::StatusArgs),
     Reset(reset::ResetArgs),
     Unload(unload::UnloadArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => events::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Reset(args) => reset::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
         }
     });
     match outcome {
