@@ -155,7 +155,9 @@ pub struct CheckTable {
     records: BTreeMap<CheckKey, CheckRecord>,
     /// The cgroup directory names the kernel reported, by cgroup id.
     cgroup_names: HashMap<u64, String>,
-    stacks: HashMap<i64, Arc<[String]>>,
+    /// Symbolised stacks by their instruction pointers. Keyed by content rather than stack id:
+    /// the program lets the kernel reuse an id when two stacks collide in the stack map.
+    stacks: HashMap<Vec<u64>, Arc<[String]>>,
     symbols: KernelSymbols,
     counters: TracerCounters,
 }
@@ -217,24 +219,23 @@ impl CheckTable {
         })
     }
 
-    /// Symbolises a stack once per stack id.
+    /// Reads a stack as the event that named it arrives, and symbolises each distinct stack once.
     fn symbolized_stack(
         &mut self,
         stack_id: i64,
         source: &mut dyn CheckSource,
     ) -> Result<Arc<[String]>, CollectError> {
-        if let Some(stack) = self.stacks.get(&stack_id) {
+        let Ok(id) = u32::try_from(stack_id) else {
+            return Ok(Arc::from([]));
+        };
+        let frames = source.kernel_stack(id)?;
+        if let Some(stack) = self.stacks.get(&frames) {
             return Ok(stack.clone());
         }
-        let stack: Arc<[String]> = match u32::try_from(stack_id) {
-            Ok(id) => {
-                let frames = source.kernel_stack(id)?;
-                trim_tracing_frames(frames.iter().map(|&ip| self.symbols.describe(ip)).collect())
-                    .into()
-            }
-            Err(_) => Arc::from([]),
-        };
-        self.stacks.insert(stack_id, stack.clone());
+        let stack: Arc<[String]> =
+            trim_tracing_frames(frames.iter().map(|&ip| self.symbols.describe(ip)).collect())
+                .into();
+        self.stacks.insert(frames, stack.clone());
         Ok(stack)
     }
 
@@ -385,7 +386,17 @@ mod tests {
             },
         };
         assert_eq!(table.apply(second, &mut source).unwrap(), vec![sethostname]);
-        assert_eq!(source.stack_reads, 1, "stack 7 is symbolised once");
+        assert_eq!(
+            source.stack_reads, 2,
+            "each event's stack is read when it arrives"
+        );
+        assert!(
+            Arc::ptr_eq(
+                &table.get(&sethostname).unwrap().call_sites[0].stack,
+                &table.get(&sethostname).unwrap().call_sites[1].stack
+            ),
+            "and symbolised once"
+        );
 
         let record = table.get(&sethostname).unwrap();
         assert_eq!(record.count, 1000);

@@ -14,7 +14,7 @@ use crate::{
     api::{self, ApiContext, Listeners, SocketError, TracerHealth},
     attribution::{self, DockerAttributor, SharedTracker, TrackedRunningContainers},
     daemon::{Daemon, DaemonConfig, DaemonError, DaemonState},
-    docker::EngineAddress,
+    docker::{EngineAddress, TrackerEvent},
     fold::Attributor,
     loader::{LoadError, Tracer},
     trace::TraceError,
@@ -93,6 +93,7 @@ impl DaemonService {
             Err(other) => return Err(other.into()),
         };
 
+        tokio::spawn(record_container_exits(tracker.clone(), state.clone()));
         let (health, tracer_health) = watch::channel(health);
         let health_monitor = tokio::spawn(watch_collector(state.clone(), health));
         let context = ApiContext {
@@ -175,6 +176,44 @@ fn detach(pin_root: &Path) -> Result<(), ServiceError> {
         path: pin_root.to_owned(),
         source,
     })
+}
+
+/// Keeps the store's exit times true to the engine's events, so that a container that stops
+/// making checks still shows as exited (and its profile ages out after the retention period).
+async fn record_container_exits(tracker: SharedTracker, state: Arc<DaemonState>) {
+    let tracker = loop {
+        if let Some(tracker) = tracker.get() {
+            break tracker.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut events = tracker.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed container events; exit times may be late");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (id, exited_at_ms) = match &event {
+            TrackerEvent::Exited(container) | TrackerEvent::Removed(container) => (
+                container.info.id.clone(),
+                Some(crate::fold::Clock::now().wall_now_ms),
+            ),
+            TrackerEvent::Started(container) => (container.info.id.clone(), None),
+            _ => continue,
+        };
+        let state = state.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            state.store().set_container_exit(&id, exited_at_ms)
+        })
+        .await;
+        if let Ok(Err(error)) = written {
+            tracing::warn!(%error, "cannot record a container's exit");
+        }
+    }
 }
 
 /// Tells the API when the collector stops, so that live streams say so instead of going quiet.

@@ -376,6 +376,25 @@ impl Store {
         transaction.commit().map_err(&wrap)
     }
 
+    /// Records that a container stopped (the first time only), or runs again (`None`). Containers
+    /// the store has not seen yet are left to the next fold.
+    pub fn set_container_exit(
+        &mut self,
+        id: &str,
+        exited_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let sql = match exited_at_ms {
+            Some(_) => {
+                "UPDATE containers SET exited_at_ms = COALESCE(exited_at_ms, ?2) WHERE id = ?1"
+            }
+            None => "UPDATE containers SET exited_at_ms = ?2 WHERE id = ?1",
+        };
+        self.connection
+            .execute(sql, params![id, exited_at_ms])
+            .map_err(self.db_error())?;
+        Ok(())
+    }
+
     /// Every container the store remembers.
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
         let mut statement = self
@@ -616,7 +635,9 @@ fn write_batch(transaction: &Transaction<'_>, batch: &Batch) -> rusqlite::Result
              ON CONFLICT DO UPDATE SET name = excluded.name, image = excluded.image,
                 compose_project = excluded.compose_project, compose_service = excluded.compose_service,
                 first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),
-                last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms), exited_at_ms = excluded.exited_at_ms",
+                last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),
+                exited_at_ms = CASE WHEN excluded.exited_at_ms IS NULL THEN NULL
+                                    ELSE COALESCE(containers.exited_at_ms, excluded.exited_at_ms) END",
             params![
                 container.id,
                 container.name,
@@ -878,6 +899,30 @@ mod tests {
         );
         store.reset_kernel_accounting().unwrap();
         assert!(store.forgotten_cgroups().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_container_keeps_its_first_exit_time_until_it_runs_again() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .apply(&Batch {
+                containers: vec![container("c", None)],
+                ..Default::default()
+            })
+            .unwrap();
+        store.set_container_exit("c", Some(500)).unwrap();
+        store.set_container_exit("c", Some(900)).unwrap();
+        store
+            .apply(&Batch {
+                containers: vec![container("c", Some(1_000))],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.containers().unwrap()[0].exited_at_ms, Some(500));
+        store.set_container_exit("c", None).unwrap();
+        assert_eq!(store.containers().unwrap()[0].exited_at_ms, None);
+        store.set_container_exit("unknown", Some(1)).unwrap();
+        assert_eq!(store.containers().unwrap().len(), 1);
     }
 
     #[test]

@@ -40,8 +40,11 @@ pub const HOOKED_FUNCTION: &str = "cap_capable";
 
 /// Default capacity of [`CHECK_COUNTS_MAP`]: distinct (cgroup, cap, verdict, syscall, flags) keys.
 pub const DEFAULT_CHECK_COUNTS_ENTRIES: u32 = 16 * 1024;
-/// Default capacity of [`CALL_SITES_MAP`] and of the stack-trace map.
-pub const DEFAULT_CALL_SITES_ENTRIES: u32 = 16 * 1024;
+/// Default capacity of [`CALL_SITES_MAP`] (not preallocated: memory is used as sites appear).
+/// The daemon frees the sites of removed cgroups, so this bounds the live containers' sites.
+pub const DEFAULT_CALL_SITES_ENTRIES: u32 = 64 * 1024;
+/// Default number of buckets of the stack-trace map (preallocated: about 1 KiB each).
+pub const DEFAULT_KERNEL_STACKS_ENTRIES: u32 = 16 * 1024;
 /// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_EVENTS_BYTES: u32 = 256 * 1024;
 

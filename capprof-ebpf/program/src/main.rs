@@ -18,7 +18,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_REUSE_STACKID, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
@@ -34,8 +34,8 @@ use aya_log_ebpf::warn;
 use capprof_common::{
     CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CGROUP_NAME_LEN, CallSiteKey, CapCapableAbi, CheckEvent,
     CheckKey, Counter, DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES,
-    DEFAULT_EVENTS_BYTES, HOT_SLOT_COUNT, HotSlot, PendingCheck, Verdict, check_flags,
-    hot_slot_index, is_runtime_init_comm,
+    DEFAULT_EVENTS_BYTES, DEFAULT_KERNEL_STACKS_ENTRIES, HOT_SLOT_COUNT, HotSlot, PendingCheck,
+    Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -77,7 +77,7 @@ static CALL_SITES: HashMap<CallSiteKey, u32> =
     HashMap::with_max_entries(DEFAULT_CALL_SITES_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_CALL_SITES_ENTRIES, 0);
+static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_KERNEL_STACKS_ENTRIES, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
@@ -415,7 +415,9 @@ fn report_call_site<C: EbpfContext + StackIdContext>(
     check: CheckKey,
     raw_opts: u32,
 ) {
-    let stack_id = match ctx.get_stackid(&KERNEL_STACKS, 0) {
+    // On a hash collision in the stack map the new stack takes the old one's id: user space reads
+    // each stack when its event arrives, and an id that is refused would lose the stack instead.
+    let stack_id = match ctx.get_stackid(&KERNEL_STACKS, u64::from(BPF_F_REUSE_STACKID)) {
         Ok(id) => id,
         Err(errno) => {
             bump(Counter::StackErrors);
