@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use capprof::{
     api::{ClientError, FailureKind},
+    compose::ComposeError,
     loader::LoadError,
     trace::TraceError,
 };
@@ -25,6 +26,8 @@ pub enum Exit {
     Unavailable,
     /// The request was malformed (like a usage error).
     BadUsage,
+    /// `compose check`: the files do not match the profiles.
+    Mismatch,
     /// A traced command's own exit status.
     Command(u8),
 }
@@ -42,6 +45,13 @@ impl Exit {
                 FailureKind::Unavailable => Exit::Unavailable,
                 FailureKind::Other => Exit::Failure,
             };
+        }
+        if matches!(
+            error.downcast_ref::<ComposeError>(),
+            Some(ComposeError::UnknownService { .. })
+        ) || error.is::<super::compose::NothingProfiled>()
+        {
+            return Exit::NotFound;
         }
         let load = error.downcast_ref::<LoadError>().or_else(|| {
             match error.downcast_ref::<TraceError>() {
@@ -69,6 +79,7 @@ impl From<Exit> for ExitCode {
             Exit::NotFound => ExitCode::from(6),
             Exit::PermissionDenied => ExitCode::from(7),
             Exit::Unavailable => ExitCode::from(8),
+            Exit::Mismatch => ExitCode::from(9),
             Exit::Command(code) => ExitCode::from(code),
         }
     }

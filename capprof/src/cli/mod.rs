@@ -1,10 +1,12 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the
 //! library; errors become messages and exit codes here, at the edge.
 
+mod compose;
 mod daemon;
 mod doctor;
 mod events;
 mod exit;
+mod profile;
 mod ps;
 mod report;
 mod reset;
@@ -30,7 +32,8 @@ Exit codes:
   6   no container, service or image has that name, or several do (the message lists them)
   7   permission denied on the daemon's socket (run with sudo, or join the `capprof` group)
   8   the daemon cannot answer now (shutting down, busy, or not collecting): try again
-  With `trace -- COMMAND`, capprof exits with the command's status.";
+  9   compose check: a profiled service's cap_add/cap_drop does not match its profile
+  With `trace -- COMMAND` and `profile -- COMMAND`, capprof exits with the command's status.";
 
 /// Which Linux capabilities does this container really need?
 ///
@@ -59,6 +62,8 @@ enum Command {
     Status(status::StatusArgs),
     Reset(reset::ResetArgs),
     Unload(unload::UnloadArgs),
+    Profile(profile::ProfileArgs),
+    Compose(compose::ComposeArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
@@ -92,6 +97,8 @@ pub fn main() -> ExitCode {
             Command::Events(args) => events::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Reset(args) => reset::run(args).await,
+            Command::Profile(args) => profile::run(args).await,
+            Command::Compose(args) => compose::run(args).await,
         }
     });
     match outcome {
