@@ -54,12 +54,33 @@ fn per_service(
     out
 }
 
+/// `capprof report`'s table for each service, with the checks that do not count summed up in
+/// one line (`capprof report project/service` lists them).
 fn table(projects: &[ProjectProfiles]) -> String {
     let mut out = String::new();
     for project in projects {
         for (service, recommendation) in &project.profiled {
-            let _ = writeln!(out, "── {}/{service} ──", project.project);
-            out.push_str(&report_output::render(recommendation, ReportFormat::Table));
+            let brief = Recommendation {
+                ignored: Default::default(),
+                ..recommendation.clone()
+            };
+            out.push_str(&report_output::render(&brief, ReportFormat::Table));
+            if !recommendation.ignored.is_empty() {
+                let counts: Vec<String> = recommendation
+                    .ignored
+                    .iter()
+                    .map(|(class, checks)| {
+                        let total: u64 = checks.iter().map(|check| check.count).sum();
+                        format!("{total} {}", class.name())
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "\nSeen but not counted: {} (`capprof report {}/{service}` lists them)",
+                    counts.join(", "),
+                    project.project
+                );
+            }
             out.push('\n');
         }
         if !project.not_profiled.is_empty() {
@@ -265,12 +286,21 @@ mod tests {
     #[test]
     fn the_table_has_a_section_per_service_and_names_the_unprofiled() {
         let text = render(&webapp(), ReportFormat::Table);
-        assert!(text.contains("── webapp/web ──"), "{text}");
+        assert!(
+            text.contains("service webapp/web: 1 capability checks recorded"),
+            "{text}"
+        );
         assert!(
             text.contains("NET_BIND_SERVICE  httpd called bind()"),
             "{text}"
         );
-        assert!(text.contains("── webapp/client ──"), "{text}");
+        assert!(
+            text.contains(
+                "Seen but not counted: 5 advisory (`capprof report webapp/client` lists them)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("overcommit"), "{text}");
         assert!(text.contains("cap_add: none"), "{text}");
         assert!(
             text.contains(

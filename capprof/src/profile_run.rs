@@ -111,13 +111,15 @@ impl RunSnapshot {
     }
 
     /// One line for the progress display: `12s  2 containers (web, client)  1234 checks`.
-    pub fn progress_line(&self, elapsed_secs: u64, pending_keys: u64) -> String {
+    pub fn progress_line(&self, elapsed_secs: u64) -> String {
         let count = self.containers.len();
-        let names: Vec<&str> = self
-            .containers
-            .iter()
-            .map(|c| c.service.as_deref().unwrap_or(&c.name))
-            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for container in &self.containers {
+            let name = container.service.as_deref().unwrap_or(&container.name);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
         let mut listed = String::new();
         for name in &names {
             // Long lists are cut: the line must fit a terminal.
@@ -130,7 +132,7 @@ impl RunSnapshot {
             }
             listed.push_str(name);
         }
-        let mut line = format!(
+        format!(
             "capprof: {}  {count} container{}{}  {} check{}",
             elapsed(elapsed_secs),
             if count == 1 { "" } else { "s" },
@@ -141,11 +143,7 @@ impl RunSnapshot {
             },
             self.checks(),
             if self.checks() == 1 { "" } else { "s" },
-        );
-        if pending_keys > 0 {
-            line.push_str(&format!("  {pending_keys} not attributed yet"));
-        }
-        line
+        )
     }
 }
 
@@ -157,9 +155,11 @@ fn elapsed(seconds: u64) -> String {
     }
 }
 
-/// Which projects a run reports: the one named with `--project`; otherwise the projects the
-/// run's containers carry in their labels (they are what Compose really used); otherwise the
-/// one the Compose file implies, which then had no container in this run.
+/// Which projects a run reports: the one named with `--project`; else the Compose file's
+/// project when containers of it ran (other projects on the host may have run meanwhile: the
+/// tracer sees every container); else the projects the run's containers carry in their labels
+/// (the command named its project in a way capprof did not see, like `-p`); else the file's
+/// project, which then had no container in this run.
 pub fn projects_to_report(
     explicit: Option<&ProjectName>,
     from_file: Option<&ProjectName>,
@@ -169,18 +169,16 @@ pub fn projects_to_report(
         return vec![explicit.clone()];
     }
     let seen = snapshot.projects();
-    if seen.is_empty() {
-        return from_file.cloned().into_iter().collect();
-    }
-    seen.into_iter()
-        .map(|name| match from_file {
-            Some(file) if file.name == name => file.clone(),
-            _ => ProjectName {
+    match from_file {
+        Some(file) if seen.is_empty() || seen.contains(&file.name) => vec![file.clone()],
+        _ => seen
+            .into_iter()
+            .map(|name| ProjectName {
                 name,
                 origin: NameOrigin::Labels,
-            },
-        })
-        .collect()
+            })
+            .collect(),
+    }
 }
 
 /// The services to report for `project`: the Compose file's services in file order (when the
@@ -238,8 +236,8 @@ mod tests {
         assert_eq!(snapshot.checks(), 3 + 40);
         assert_eq!(snapshot.projects(), ["webapp"]);
         assert_eq!(
-            snapshot.progress_line(75, 2),
-            "capprof: 1m15s  3 containers (cache, web, client)  43 checks  2 not attributed yet"
+            snapshot.progress_line(75),
+            "capprof: 1m15s  3 containers (cache, web, client)  43 checks"
         );
     }
 
@@ -258,6 +256,15 @@ mod tests {
                 origin: NameOrigin::Labels
             }]
         );
+        let mut other = container("e", "db", 1, 2);
+        other.compose_project = Some("demo".into());
+        let both = RunBaseline::default().snapshot(&[container("c", "web", 1, 1), other]);
+        assert_eq!(
+            projects_to_report(None, Some(&file), &both),
+            std::slice::from_ref(&file),
+            "another project that ran meanwhile is not reported"
+        );
+        assert_eq!(projects_to_report(None, None, &both).len(), 2);
         let flag = ProjectName {
             name: "other".into(),
             origin: NameOrigin::Flag,

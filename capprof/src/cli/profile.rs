@@ -50,7 +50,7 @@ Exit codes:
 /// Examples:
 ///   capprof profile -- docker-compose up --abort-on-container-exit
 ///   capprof profile --compose docker-compose.yml -- make integration-test
-///   capprof profile -p shop --format compose -- docker-compose -p shop up --exit-code-from tests
+///   capprof profile -p shop --format compose -o caps.yml -- docker-compose -p shop up --exit-code-from tests
 ///
 /// The running capprof daemon does the tracing when there is one; otherwise capprof traces in
 /// this process for as long as the command runs (root needed), keeping the profiles in the same
@@ -81,6 +81,11 @@ pub struct ProfileArgs {
     /// How to print each service's recommendation.
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     format: ReportFormat,
+
+    /// Write the profiles to this file instead of standard output, which the command's own
+    /// output shares (useful with --format json or compose).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
 
     /// No progress line: the command writes to the terminal directly.
     #[arg(long)]
@@ -196,17 +201,51 @@ async fn profile_command(
         describe_status(status)
     );
     let printed = async {
-        let settled = profiler.settle(SETTLE_TIMEOUT).await.map_err(exit_error)?;
-        if settled.pending_keys > 0 {
-            eprintln!(
-                "capprof: {} kinds of checks are not attributed to a container yet; the profiles below may lack them (`capprof report` later has them)",
-                settled.pending_keys
-            );
-        }
+        settle(profiler, &mut client, &baseline).await?;
         print_profiles(args, &mut client, &baseline).await
     }
     .await;
     Ok((status, printed))
+}
+
+/// How long the run's containers' counts must stay unchanged, when other checks are still
+/// pending, before the profiles count as complete.
+const STABLE_FOR: Duration = Duration::from_secs(2);
+
+/// Waits until the command's checks are folded and attributed. Checks still pending after a
+/// few polls are usually another engine's containers (their cgroups look like containers but
+/// this engine does not know them, so the daemon waits before calling them the host's): then
+/// it is enough that the run's own containers' counts stop changing.
+async fn settle(
+    profiler: &mut Profiler,
+    client: &mut ApiClient,
+    baseline: &RunBaseline,
+) -> anyhow::Result<()> {
+    let settled = profiler
+        .settle(Duration::from_secs(3))
+        .await
+        .map_err(exit_error)?;
+    if settled.pending_keys == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last = baseline.snapshot(&client.containers(false).await?);
+    let mut stable_since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = baseline.snapshot(&client.containers(false).await?);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= STABLE_FOR {
+            return Ok(());
+        }
+    }
+    eprintln!(
+        "capprof: the containers' checks were still being counted after {} s; the profiles below may lack the last ones (`capprof report` later has them)",
+        SETTLE_TIMEOUT.as_secs()
+    );
+    Ok(())
 }
 
 fn describe_status(status: ExitStatus) -> String {
@@ -294,8 +333,20 @@ async fn print_profiles(
         );
     }
     summarize(&snapshot, &projects);
-    print!("{}", profile_output::render(&profiles, args.format));
-    std::io::stdout().flush()?;
+    let rendered = profile_output::render(&profiles, args.format);
+    match &args.output {
+        Some(path) => std::fs::write(path, rendered)
+            .with_context(|| format!("writing the profiles to {}", path.display()))?,
+        None => {
+            // Not print!: a closed stdout must end in an error, not a panic that skips the
+            // tracer's cleanup.
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(rendered.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("writing the profiles to standard output")?;
+        }
+    }
     if args.format == ReportFormat::Table && profiles.iter().any(|p| !p.profiled.is_empty()) {
         let file = files
             .as_ref()
@@ -341,6 +392,7 @@ async fn run_command(
     }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut child = process.spawn().map_err(|source| CommandNotStarted {
         command: command[0].clone(),
         source,
@@ -362,19 +414,15 @@ async fn run_command(
             Some((stream, bytes)) = output.recv() => display.output(stream, &bytes),
             _ = ticker.tick() => {
                 // Progress is best effort: a failed poll shows nothing new.
-                if let (Ok(containers), Ok(status)) = (client.containers(false).await, client.status().await) {
-                    let snapshot = baseline.snapshot(&containers);
-                    display.progress(&snapshot, started.elapsed().as_secs(), status.pending_keys);
+                if let Ok(containers) = client.containers(false).await {
+                    display.progress(&baseline.snapshot(&containers), started.elapsed().as_secs());
                 }
             }
             // The terminal sent it to the command too: wait for the command to end.
             _ = interrupt.recv() => {}
-            _ = terminate.recv() => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: kill(2) on our own child's pid, which it keeps until reaped.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                }
-            }
+            // Meant for capprof alone: passed on, and capprof cleans up once the command ends.
+            _ = terminate.recv() => forward_signal(&child, libc::SIGTERM),
+            _ = hangup.recv() => forward_signal(&child, libc::SIGHUP),
         }
     };
     // What the command wrote last; a background process it left holding the pipes must not
@@ -392,6 +440,13 @@ async fn run_command(
     }
     display.clear();
     Ok(status)
+}
+
+fn forward_signal(child: &tokio::process::Child, signal: libc::c_int) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid, which stays ours until it is reaped.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
 }
 
 /// The command could not be started (exit 127, as a shell says).
@@ -460,8 +515,8 @@ impl Display {
         }
     }
 
-    fn progress(&mut self, snapshot: &RunSnapshot, elapsed_secs: u64, pending_keys: u64) {
-        let line = snapshot.progress_line(elapsed_secs, pending_keys);
+    fn progress(&mut self, snapshot: &RunSnapshot, elapsed_secs: u64) {
+        let line = snapshot.progress_line(elapsed_secs);
         match self.mode {
             Mode::Off => {}
             Mode::Terminal => {
