@@ -348,10 +348,17 @@ async fn print_profiles(
         }
     }
     if args.format == ReportFormat::Table && profiles.iter().any(|p| !p.profiled.is_empty()) {
+        // As the user would type it: relative to the current directory when it is below it.
+        let cwd = std::env::current_dir().unwrap_or_default();
         let file = files
             .as_ref()
             .and_then(|files| files.first())
-            .map(|file| file.display().to_string())
+            .map(|file| {
+                file.strip_prefix(&cwd)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string()
+            })
             .unwrap_or_else(|| "docker-compose.yml".to_owned());
         eprintln!(
             "capprof: write these into the Compose file with `capprof compose apply {file}` (`--dry-run` shows the diff first)"
