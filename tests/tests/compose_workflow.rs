@@ -598,3 +598,55 @@ fn profile_exits_with_the_commands_status() {
         describe(&fine)
     );
 }
+
+#[test]
+fn on_a_terminal_the_progress_line_stays_below_the_commands_output() {
+    if !ci::require_root() {
+        return;
+    }
+    // `script` gives capprof a terminal (a pseudo-terminal) and records what it draws.
+    let Some(script) = on_path("script") else {
+        ci::skip_or_fail("`script` is not installed (apt-get install bsdutils)");
+        return;
+    };
+    let capprof = capprof_binary().expect("the capprof binary is built");
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!(
+        "{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let command = format!(
+        "{} profile --project terminal{tag} -- sh -c 'echo first line; sleep 2.5; printf \"no newline\"; sleep 1.5; echo; echo last line'",
+        capprof.display()
+    );
+    let output = Command::new(script)
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env("CAPPROF_STATE_DIR", dir.path().join("state"))
+        .env(
+            "CAPPROF_PIN_DIR",
+            format!("/sys/fs/bpf/capprof-test-tty{tag}"),
+        )
+        .env("CAPPROF_SOCKET", dir.path().join("no-daemon.sock"))
+        .output()
+        .expect("run script");
+    assert!(output.status.success(), "{}", describe(&output));
+    let screen = text(&output.stdout);
+    // The line is drawn in place (carriage return, erase line) and erased before output.
+    assert!(
+        screen.contains("\r\x1b[2Kcapprof: 1s  0 containers  0 checks"),
+        "{screen:?}"
+    );
+    for line in ["first line", "last line"] {
+        assert!(
+            screen.contains(&format!("\r\x1b[2K{line}\r\n")),
+            "`{line}` is written on a cleared line, whole: {screen:?}"
+        );
+    }
+    // While the command's line is unfinished, nothing is drawn after it.
+    assert!(
+        screen.contains("\r\x1b[2Kno newline\r\n"),
+        "an unfinished line is not split by the progress line: {screen:?}"
+    );
+}
