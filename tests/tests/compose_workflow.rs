@@ -634,10 +634,7 @@ fn on_a_terminal_the_progress_line_stays_below_the_commands_output() {
     assert!(output.status.success(), "{}", describe(&output));
     let screen = text(&output.stdout);
     // The line is drawn in place (carriage return, erase line) and erased before output.
-    assert!(
-        screen.contains("\r\x1b[2Kcapprof: 1s  0 containers  0 checks"),
-        "{screen:?}"
-    );
+    assert!(screen.contains("\r\x1b[2Kcapprof: 1s  "), "{screen:?}");
     for line in ["first line", "last line"] {
         assert!(
             screen.contains(&format!("\r\x1b[2K{line}\r\n")),
