@@ -50,7 +50,7 @@ Exit codes:
 /// Examples:
 ///   capprof profile -- docker-compose up --abort-on-container-exit
 ///   capprof profile --compose docker-compose.yml -- make integration-test
-///   capprof profile -p shop --format compose -o caps.yml -- docker-compose -p shop up --exit-code-from tests
+///   capprof profile -p shop --format compose -o caps.yml -- ./run-tests.sh
 ///
 /// The running capprof daemon does the tracing when there is one; otherwise capprof traces in
 /// this process for as long as the command runs (root needed), keeping the profiles in the same
@@ -58,10 +58,10 @@ Exit codes:
 /// so run the tests that exercise different paths one after another, then apply the result with
 /// `capprof compose apply FILE`.
 ///
-/// The project is the one named with --project; otherwise the project of the containers that ran
-/// (their com.docker.compose.project label); otherwise the one --compose implies, named as
-/// docker-compose names it. With --compose the services are listed in the file's order, and those
-/// that made no check are named.
+/// The project is the one named with --project; otherwise the Compose file's (--compose, or the
+/// file docker-compose finds here, named as docker-compose names it) when its containers ran;
+/// otherwise the projects of the containers that ran (their com.docker.compose.project label).
+/// The file's services are listed in its order, and those that made no check are named.
 ///
 /// On a terminal a progress line (time, containers, checks) stays below the command's output,
 /// which passes through capprof; with --no-progress, or when stderr is not a terminal, the
