@@ -428,15 +428,32 @@ fn check_fails_on_a_file_granting_a_capability_never_used() {
         return;
     };
     let project = Project::new(&engine, docker_compose);
-    let (profiled, _) = project.profile(&project.no_daemon(), "table");
-    assert!(profiled.status.success(), "{}", describe(&profiled));
+    // Two runs without a daemon: the second merges into the first's stored profiles.
+    for run in 1..=2 {
+        let (profiled, printed) = project.profile(&project.no_daemon(), "json");
+        assert!(
+            profiled.status.success(),
+            "run {run}: {}",
+            describe(&profiled)
+        );
+        let json: serde_json::Value = serde_json::from_str(&printed).expect("JSON");
+        assert_eq!(
+            json[0]["services"][0]["info"]["containers"]
+                .as_array()
+                .map(Vec::len),
+            Some(run),
+            "run {run}: {json:#}"
+        );
+        let down = project.compose(&["down", "-v"]);
+        assert!(down.status.success(), "{}", describe(&down));
+    }
     let applied = project.capprof(
         &["compose", "apply", "docker-compose.yml"],
         &project.no_daemon(),
     );
     assert!(applied.status.success(), "{}", describe(&applied));
 
-    // A hand edit grants web one more capability, in the inline-list style and lower case.
+    // A hand edit grants web one more capability, lower case with the CAP_ prefix.
     let hardened = project.read();
     let extra = hardened.replacen("    cap_add:\n", "    cap_add:\n      - cap_net_admin\n", 1);
     assert_ne!(extra, hardened);
@@ -476,6 +493,46 @@ fn check_fails_on_a_file_granting_a_capability_never_used() {
     );
     assert!(fixed.status.success(), "{}", describe(&fixed));
     assert_eq!(project.read(), hardened);
+
+    // An override file (`-f`) that makes web privileged and gives the client a capability in
+    // an inline list: Compose merges both files, and so do check and apply.
+    let ci = project.root.join("ci.yml");
+    std::fs::write(
+        &ci,
+        "services:\n  web:\n    privileged: true\n  client:\n    cap_add: [NET_RAW]  # for ping\n",
+    )
+    .unwrap();
+    let two_files = ["-f", "docker-compose.yml", "-f", "ci.yml"];
+    let check = project.capprof(
+        &[&["compose", "check"][..], &two_files].concat(),
+        &project.no_daemon(),
+    );
+    assert_eq!(check.status.code(), Some(9), "{}", describe(&check));
+    let report = text(&check.stdout);
+    assert!(
+        report.contains("privileged: true grants every capability"),
+        "{report}"
+    );
+    assert!(
+        report.contains("grants NET_RAW but never used it"),
+        "{report}"
+    );
+    let applied = project.capprof(
+        &[&["compose", "apply", "--remove-privileged"][..], &two_files].concat(),
+        &project.no_daemon(),
+    );
+    assert!(applied.status.success(), "{}", describe(&applied));
+    assert_eq!(project.read(), hardened, "the base file needed no change");
+    let override_now = std::fs::read_to_string(&ci).unwrap();
+    assert!(
+        !override_now.contains("privileged") && !override_now.contains("NET_RAW"),
+        "{override_now}"
+    );
+    let check = project.capprof(
+        &[&["compose", "check"][..], &two_files].concat(),
+        &project.no_daemon(),
+    );
+    assert!(check.status.success(), "{}", describe(&check));
 }
 
 #[test]
@@ -633,17 +690,17 @@ fn on_a_terminal_the_progress_line_stays_below_the_commands_output() {
         .expect("run script");
     assert!(output.status.success(), "{}", describe(&output));
     let screen = text(&output.stdout);
-    // The line is drawn in place (carriage return, erase line) and erased before output.
+    // The line is drawn in place (carriage return, erase line)...
     assert!(screen.contains("\r\x1b[2Kcapprof: 1s  "), "{screen:?}");
-    for line in ["first line", "last line"] {
+    // ...and erased before the command writes: each of its lines starts on a fresh or a
+    // cleared line and is whole.
+    for line in ["first line\r\n", "no newline\r\n", "last line\r\n"] {
+        let at = screen
+            .find(line)
+            .unwrap_or_else(|| panic!("`{line:?}` is not whole in {screen:?}"));
         assert!(
-            screen.contains(&format!("\r\x1b[2K{line}\r\n")),
-            "`{line}` is written on a cleared line, whole: {screen:?}"
+            screen[..at].ends_with('\n') || screen[..at].ends_with("\r\x1b[2K"),
+            "`{line:?}` follows the progress line: {screen:?}"
         );
     }
-    // While the command's line is unfinished, nothing is drawn after it.
-    assert!(
-        screen.contains("\r\x1b[2Kno newline\r\n"),
-        "an unfinished line is not split by the progress line: {screen:?}"
-    );
 }
