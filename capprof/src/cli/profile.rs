@@ -201,7 +201,15 @@ async fn profile_command(
         describe_status(status)
     );
     let printed = async {
-        settle(profiler, &mut client, &baseline).await?;
+        // capprof's handlers stay installed once the command is gone: Ctrl-C now cuts the wait
+        // short instead of being swallowed.
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            settled = settle(profiler, &mut client, &baseline) => settled?,
+            _ = interrupt.recv() => eprintln!("capprof: interrupted: the profiles as they are now"),
+            _ = terminate.recv() => eprintln!("capprof: terminated: the profiles as they are now"),
+        }
         print_profiles(args, &mut client, &baseline).await
     }
     .await;
