@@ -50,7 +50,8 @@ impl DaemonProcess {
         daemon
     }
 
-    fn socket(&self) -> PathBuf {
+    /// The API socket, for commands that take `--socket` before other arguments.
+    pub fn socket(&self) -> PathBuf {
         self.work_dir.join("capprof.sock")
     }
 

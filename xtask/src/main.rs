@@ -4,6 +4,7 @@
 //! so everything else is driven as processes.
 
 mod bench;
+mod demo;
 mod mounts;
 mod packages;
 mod process;
@@ -42,6 +43,13 @@ enum Task {
     /// Boot real kernels (Debian 12's 6.1 by default) under QEMU and run the tracer's integration
     /// tests there once per attach mode: the fentry and kprobe paths this kernel may lack.
     VmTest(vm::VmTestArgs),
+    /// The workflow on the bundled example (a web server on port 80 and a client): profile it
+    /// while `docker-compose up` runs, write the result into its Compose file, bring it up
+    /// again hardened, and check it (needs root; starts a dockerd when none runs).
+    Demo(demo::DemoOptions),
+    /// The demo's steps, run inside `capprof-with-docker`.
+    #[command(hide = true)]
+    DemoSteps(demo::StepsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +60,8 @@ fn main() -> std::process::ExitCode {
         Task::Bench(options) => bench::run(&workspace, &options),
         Task::Test(options) => suite::run(suite::plan(&workspace, options)),
         Task::VmTest(args) => vm::run(&workspace, args),
+        Task::Demo(options) => demo::run(&workspace, options),
+        Task::DemoSteps(args) => demo::steps(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use capprof::{
     api::{ClientError, FailureKind},
+    compose::ComposeError,
     loader::LoadError,
     trace::TraceError,
 };
@@ -29,6 +30,8 @@ pub enum Exit {
     VerificationFailed,
     /// `verify --leave-one-out`: the workload works without some recommended capabilities.
     NotMinimal,
+    /// `compose check`: the files do not match the profiles.
+    Mismatch,
     /// A traced command's own exit status.
     Command(u8),
 }
@@ -46,6 +49,13 @@ impl Exit {
                 FailureKind::Unavailable => Exit::Unavailable,
                 FailureKind::Other => Exit::Failure,
             };
+        }
+        if matches!(
+            error.downcast_ref::<ComposeError>(),
+            Some(ComposeError::UnknownService { .. })
+        ) || error.is::<super::compose::NothingProfiled>()
+        {
+            return Exit::NotFound;
         }
         let load = error.downcast_ref::<LoadError>().or_else(|| {
             match error.downcast_ref::<TraceError>() {
@@ -75,6 +85,7 @@ impl From<Exit> for ExitCode {
             Exit::Unavailable => ExitCode::from(8),
             Exit::VerificationFailed => ExitCode::from(9),
             Exit::NotMinimal => ExitCode::from(10),
+            Exit::Mismatch => ExitCode::from(11),
             Exit::Command(code) => ExitCode::from(code),
         }
     }

@@ -1,10 +1,12 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the
 //! library; errors become messages and exit codes here, at the edge.
 
+mod compose;
 mod daemon;
 mod doctor;
 mod events;
 mod exit;
+mod profile;
 mod ps;
 mod report;
 mod reset;
@@ -33,7 +35,8 @@ Exit codes:
   8   the daemon cannot answer now (shutting down, busy, or not collecting): try again
   9   verify: the workload failed with the recommended capabilities (the report says what to add)
   10  verify --leave-one-out: the workload also works without some of them (the report names them)
-  With `trace -- COMMAND`, capprof exits with the command's status.";
+  11  compose check: a profiled service's cap_add/cap_drop does not match its profile
+  With `trace -- COMMAND` and `profile -- COMMAND`, capprof exits with the command's status.";
 
 /// Which Linux capabilities does this container really need?
 ///
@@ -63,6 +66,8 @@ enum Command {
     Reset(reset::ResetArgs),
     Unload(unload::UnloadArgs),
     Verify(verify::VerifyArgs),
+    Profile(profile::ProfileArgs),
+    Compose(compose::ComposeArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
@@ -97,6 +102,8 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Reset(args) => reset::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Profile(args) => profile::run(args).await,
+            Command::Compose(args) => compose::run(args).await,
         }
     });
     match outcome {
