@@ -55,19 +55,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Profile(profile::ProfileArgs),
     Daemon(daemon::DaemonArgs),
-    Trace(trace::TraceArgs),
-    Doctor(doctor::DoctorArgs),
     Report(report::ReportArgs),
-    Ps(ps::PsArgs),
     Watch(watch::WatchArgs),
+    Ps(ps::PsArgs),
     Events(events::EventsArgs),
     Status(status::StatusArgs),
-    Reset(reset::ResetArgs),
-    Unload(unload::UnloadArgs),
-    Verify(verify::VerifyArgs),
-    Profile(profile::ProfileArgs),
     Compose(compose::ComposeArgs),
+    Verify(verify::VerifyArgs),
+    Reset(reset::ResetArgs),
+    Trace(trace::TraceArgs),
+    Doctor(doctor::DoctorArgs),
+    Unload(unload::UnloadArgs),
 }
 
 /// Parses the command line, runs the subcommand, and turns its outcome into an exit code.
