@@ -86,6 +86,17 @@ impl AttachRequest {
     }
 }
 
+impl From<AttachMode> for AttachRequest {
+    /// Forcing one mode.
+    fn from(mode: AttachMode) -> Self {
+        match mode {
+            AttachMode::Fentry => AttachRequest::Fentry,
+            AttachMode::Kprobe => AttachRequest::Kprobe,
+            AttachMode::Tracepoint => AttachRequest::Tracepoint,
+        }
+    }
+}
+
 /// Why a mode was not used.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SkippedMode {

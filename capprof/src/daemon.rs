@@ -28,6 +28,15 @@ use crate::{
     trace::{TraceError, TraceSession},
 };
 
+/// Where profiles are kept unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/capprof";
+/// The environment variable that names the state directory for every command.
+pub const STATE_DIR_ENV: &str = "CAPPROF_STATE_DIR";
+/// Where the tracer is pinned in bpffs unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/capprof";
+/// The environment variable that names the pin directory for every command.
+pub const PIN_DIR_ENV: &str = "CAPPROF_PIN_DIR";
+
 /// Where the daemon keeps things and how it traces.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -46,8 +55,8 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
-            state_dir: PathBuf::from("/var/lib/capprof"),
-            pin_root: PathBuf::from("/sys/fs/bpf/capprof"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            pin_root: PathBuf::from(DEFAULT_PIN_DIR),
             attach: AttachRequest::Auto,
             poll_interval: Duration::from_secs(1),
             retention: Duration::from_secs(7 * 24 * 3600),

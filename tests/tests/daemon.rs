@@ -352,11 +352,7 @@ fn on_a_kernel_without_the_hook_stored_profiles_are_served_and_live_streams_refu
     }
     // A path this kernel lacks, forced, stands for a kernel that has none.
     let missing = AttachMode::LADDER.into_iter().find(|mode| {
-        let request = match mode {
-            AttachMode::Fentry => AttachRequest::Fentry,
-            AttachMode::Kprobe => AttachRequest::Kprobe,
-            AttachMode::Tracepoint => AttachRequest::Tracepoint,
-        };
+        let request = AttachRequest::from(*mode);
         matches!(
             Tracer::load(&TracerOptions {
                 attach: request,

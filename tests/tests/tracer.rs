@@ -515,11 +515,7 @@ fn a_forced_mode_the_kernel_lacks_names_the_missing_feature() {
     }
     let mut unavailable = 0;
     for mode in AttachMode::LADDER {
-        let request = match mode {
-            AttachMode::Fentry => AttachRequest::Fentry,
-            AttachMode::Kprobe => AttachRequest::Kprobe,
-            AttachMode::Tracepoint => AttachRequest::Tracepoint,
-        };
+        let request = AttachRequest::from(mode);
         match Tracer::load(&TracerOptions {
             attach: request,
             ..Default::default()

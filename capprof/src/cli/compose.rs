@@ -60,9 +60,9 @@ struct Target {
     /// Where profiles are stored, read directly when no daemon is running.
     #[arg(
         long,
-        env = "CAPPROF_STATE_DIR",
+        env = capprof::daemon::STATE_DIR_ENV,
         value_name = "DIR",
-        default_value = "/var/lib/capprof"
+        default_value = capprof::daemon::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
 

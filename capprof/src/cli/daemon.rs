@@ -25,14 +25,14 @@ pub struct DaemonArgs {
     /// Where profiles are kept (an SQLite database).
     #[arg(
         long,
-        env = "CAPPROF_STATE_DIR",
+        env = capprof::daemon::STATE_DIR_ENV,
         value_name = "DIR",
-        default_value = "/var/lib/capprof"
+        default_value = capprof::daemon::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
 
     /// bpffs directory where the tracer is pinned.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/capprof")]
+    #[arg(long, env = capprof::daemon::PIN_DIR_ENV, value_name = "DIR", default_value = capprof::daemon::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 
     /// How to hook cap_capable.

@@ -58,11 +58,7 @@ pub async fn run(_args: DoctorArgs) -> anyhow::Result<Exit> {
     let mut usable_modes = Vec::new();
     if btf_ok && missing.is_empty() {
         for mode in AttachMode::LADDER {
-            let request = match mode {
-                AttachMode::Fentry => AttachRequest::Fentry,
-                AttachMode::Kprobe => AttachRequest::Kprobe,
-                AttachMode::Tracepoint => AttachRequest::Tracepoint,
-            };
+            let request = AttachRequest::from(mode);
             match Tracer::load(&TracerOptions {
                 attach: request,
                 ..Default::default()

@@ -95,18 +95,18 @@ pub struct ProfileArgs {
     /// that runs with and without a daemon merge).
     #[arg(
         long,
-        env = "CAPPROF_STATE_DIR",
+        env = capprof::daemon::STATE_DIR_ENV,
         value_name = "DIR",
-        default_value = "/var/lib/capprof"
+        default_value = capprof::daemon::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
 
     /// bpffs directory of the tracer when capprof traces in this process.
     #[arg(
         long,
-        env = "CAPPROF_PIN_DIR",
+        env = capprof::daemon::PIN_DIR_ENV,
         value_name = "DIR",
-        default_value = "/sys/fs/bpf/capprof"
+        default_value = capprof::daemon::DEFAULT_PIN_DIR
     )]
     pin_dir: PathBuf,
 

@@ -14,7 +14,7 @@ use super::Exit;
 #[derive(Debug, clap::Args)]
 pub struct UnloadArgs {
     /// bpffs directory where the tracer is pinned.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/capprof")]
+    #[arg(long, env = capprof::daemon::PIN_DIR_ENV, value_name = "DIR", default_value = capprof::daemon::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 }
 

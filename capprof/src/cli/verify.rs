@@ -61,14 +61,14 @@ pub struct VerifyArgs {
     /// Where an embedded tracer (no daemon running) keeps profiles.
     #[arg(
         long,
-        env = "CAPPROF_STATE_DIR",
+        env = capprof::daemon::STATE_DIR_ENV,
         value_name = "DIR",
-        default_value = "/var/lib/capprof"
+        default_value = capprof::daemon::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
 
     /// bpffs directory of the daemon's pinned tracer, for an embedded tracer.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/capprof")]
+    #[arg(long, env = capprof::daemon::PIN_DIR_ENV, value_name = "DIR", default_value = capprof::daemon::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 
     #[command(flatten)]

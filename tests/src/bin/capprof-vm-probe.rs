@@ -85,11 +85,7 @@ fn main() -> anyhow::Result<()> {
         drop(baseline);
 
         let mut session = TraceSession::start(&TracerOptions {
-            attach: match options.mode {
-                AttachMode::Fentry => AttachRequest::Fentry,
-                AttachMode::Kprobe => AttachRequest::Kprobe,
-                AttachMode::Tracepoint => AttachRequest::Tracepoint,
-            },
+            attach: AttachRequest::from(options.mode),
             ..Default::default()
         })?;
         traced.push(time_checks(hostname, options.iterations)?);
