@@ -101,13 +101,28 @@ impl DaemonProcess {
         panic!("capprof daemon did not answer within 60 s:\n{}", self.log());
     }
 
+    /// `args` with `--socket <this daemon's>` added, before a `--` that starts a command (after
+    /// it, the option would go to the command and the CLI would not find the daemon).
+    fn with_socket(&self, args: &[&str]) -> Vec<std::ffi::OsString> {
+        let split = args
+            .iter()
+            .position(|arg| *arg == "--")
+            .unwrap_or(args.len());
+        let mut full: Vec<std::ffi::OsString> = args[..split].iter().map(Into::into).collect();
+        full.push("--socket".into());
+        full.push(self.socket().into_os_string());
+        full.extend(args[split..].iter().map(Into::into));
+        full
+    }
+
     /// Runs the `capprof` CLI against this daemon (and its Docker engine).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(&self.binary)
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
+            .args(self.with_socket(args))
             .env("DOCKER_HOST", &self.docker_host)
+            // Should a command embed a tracer after all, it stays inside this daemon's dirs.
+            .env(capprof::daemon::STATE_DIR_ENV, self.work_dir.join("state"))
+            .env(capprof::daemon::PIN_DIR_ENV, &self.pin_dir)
             .output()
             .expect("run the capprof CLI")
     }
@@ -115,9 +130,7 @@ impl DaemonProcess {
     /// Starts the `capprof` CLI against this daemon with stdout piped, e.g. for `watch`.
     pub fn spawn_cli(&self, args: &[&str]) -> Child {
         Command::new(&self.binary)
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
+            .args(self.with_socket(args))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
