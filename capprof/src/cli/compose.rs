@@ -11,7 +11,7 @@ use capprof::{
     service_profiles::{ProfileSource, ProjectProfiles},
 };
 
-use super::{Exit, profile::source_error};
+use super::{Exit, dirs::StateDirArg, profile::source_error};
 
 const COMPOSE_EXIT_CODES: &str = "\
 Exit codes:
@@ -57,14 +57,8 @@ struct Target {
     #[arg(short = 'p', long, value_name = "NAME")]
     project: Option<String>,
 
-    /// Where profiles are stored, read directly when no daemon is running.
-    #[arg(
-        long,
-        env = capprof::daemon::STATE_DIR_ENV,
-        value_name = "DIR",
-        default_value = capprof::daemon::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
     #[command(flatten)]
     connect: ConnectArgs,
@@ -160,7 +154,7 @@ async fn load(target: &Target) -> anyhow::Result<Loaded> {
     let environment = std::env::var(PROJECT_NAME_ENV).ok();
     let name: ProjectName =
         compose_files::project_name(target.project.as_deref(), environment.as_deref(), &files)?;
-    let mut source = ProfileSource::open(&target.connect.target(), &target.state_dir)
+    let mut source = ProfileSource::open(&target.connect.target(), &target.state_dir.path)
         .await
         .map_err(source_error)?;
     let profiles = source

@@ -1,6 +1,6 @@
 //! `capprof daemon`: trace every container, keep their profiles, serve the API.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use capprof::{
@@ -12,7 +12,10 @@ use capprof::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::Exit;
+use super::{
+    Exit,
+    dirs::{PinDirArg, StateDirArg},
+};
 
 /// Run the profiler: trace every capability check, attribute it to its Docker container, keep a
 /// profile per container, Compose service and image, and serve them over the API.
@@ -22,18 +25,11 @@ use super::Exit;
 /// made while it is down are still counted when it comes back; `capprof unload` detaches it.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Where profiles are kept (an SQLite database).
-    #[arg(
-        long,
-        env = capprof::daemon::STATE_DIR_ENV,
-        value_name = "DIR",
-        default_value = capprof::daemon::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
-    /// bpffs directory where the tracer is pinned.
-    #[arg(long, env = capprof::daemon::PIN_DIR_ENV, value_name = "DIR", default_value = capprof::daemon::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    #[command(flatten)]
+    pin_dir: PinDirArg,
 
     /// How to hook cap_capable.
     #[arg(long, value_enum, default_value_t = AttachRequest::Auto)]
@@ -81,8 +77,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     let listeners = Listeners::bind(&args.listen.to_config()?)?;
     let docker = EngineAddress::from_env().context("reading DOCKER_HOST")?;
     let config = DaemonConfig {
-        state_dir: args.state_dir,
-        pin_root: args.pin_dir,
+        state_dir: args.state_dir.path,
+        pin_root: args.pin_dir.path,
         attach: args.attach,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         retention: args.retention,

@@ -3,6 +3,7 @@
 
 mod compose;
 mod daemon;
+mod dirs;
 mod doctor;
 mod events;
 mod exit;

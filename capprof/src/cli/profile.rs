@@ -30,7 +30,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::Exit;
+use super::{
+    Exit,
+    dirs::{PinDirArg, StateDirArg},
+};
 
 const PROFILE_EXIT_CODES: &str = "\
 Exit codes:
@@ -91,24 +94,11 @@ pub struct ProfileArgs {
     #[arg(long)]
     no_progress: bool,
 
-    /// Where profiles are kept when capprof traces in this process (the daemon's default, so
-    /// that runs with and without a daemon merge).
-    #[arg(
-        long,
-        env = capprof::daemon::STATE_DIR_ENV,
-        value_name = "DIR",
-        default_value = capprof::daemon::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
-    /// bpffs directory of the tracer when capprof traces in this process.
-    #[arg(
-        long,
-        env = capprof::daemon::PIN_DIR_ENV,
-        value_name = "DIR",
-        default_value = capprof::daemon::DEFAULT_PIN_DIR
-    )]
-    pin_dir: PathBuf,
+    #[command(flatten)]
+    pin_dir: PinDirArg,
 
     /// How to hook cap_capable when capprof traces in this process.
     #[arg(long, value_enum, default_value_t = AttachRequest::Auto)]
@@ -140,8 +130,8 @@ pub(super) fn source_error(error: ProfileSourceError) -> anyhow::Error {
 
 pub async fn run(args: ProfileArgs) -> anyhow::Result<Exit> {
     let config = DaemonConfig {
-        state_dir: args.state_dir.clone(),
-        pin_root: args.pin_dir.clone(),
+        state_dir: args.state_dir.path.clone(),
+        pin_root: args.pin_dir.path.clone(),
         attach: args.attach,
         ..DaemonConfig::default()
     };
@@ -151,7 +141,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<Exit> {
     if profiler.is_embedded() {
         eprintln!(
             "capprof: no capprof daemon is running: tracing in this process while the command runs (profiles kept in {})",
-            args.state_dir.display()
+            args.state_dir.path.display()
         );
     } else {
         eprintln!("capprof: profiling with the running capprof daemon");

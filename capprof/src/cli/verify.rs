@@ -11,7 +11,10 @@ use capprof::{
     verify::{self, ComposeRunner, ComposeTarget, ContainerRunner, VerifyPlan, VerifyReport},
 };
 
-use super::Exit;
+use super::{
+    Exit,
+    dirs::{PinDirArg, StateDirArg},
+};
 
 /// Prove a recommendation: re-run the workload with cap_drop ALL plus the recommended cap_add.
 ///
@@ -58,18 +61,11 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 
-    /// Where an embedded tracer (no daemon running) keeps profiles.
-    #[arg(
-        long,
-        env = capprof::daemon::STATE_DIR_ENV,
-        value_name = "DIR",
-        default_value = capprof::daemon::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
-    /// bpffs directory of the daemon's pinned tracer, for an embedded tracer.
-    #[arg(long, env = capprof::daemon::PIN_DIR_ENV, value_name = "DIR", default_value = capprof::daemon::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    #[command(flatten)]
+    pin_dir: PinDirArg,
 
     #[command(flatten)]
     connect: ConnectArgs,
@@ -87,8 +83,8 @@ enum Format {
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<Exit> {
     let embedded = DaemonConfig {
-        state_dir: args.state_dir.clone(),
-        pin_root: args.pin_dir.clone(),
+        state_dir: args.state_dir.path.clone(),
+        pin_root: args.pin_dir.path.clone(),
         ..DaemonConfig::default()
     };
     let mut profiler = Profiler::connect_or_embed(&args.connect.target(), embedded).await?;
