@@ -562,7 +562,10 @@ pub fn entry_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{EntryCallSite, Subject, SubjectInfo};
+    use crate::{
+        profile::{Subject, SubjectInfo},
+        test_support::{call_site, example},
+    };
 
     const SYS_SETHOSTNAME: u32 = 170;
     const SYS_OPENAT: u32 = 257;
@@ -584,17 +587,14 @@ mod tests {
             count: 3,
             first_seen_ms: 1,
             last_seen_ms: 2,
-            call_sites: vec![EntryCallSite {
-                stack: stack.iter().map(|frame| (*frame).to_owned()).collect(),
-                example: Example {
-                    pid: 10,
-                    tgid: 10,
+            call_sites: vec![call_site(
+                stack,
+                Example {
                     uid,
                     gid: uid,
-                    comm: comm.into(),
-                    seen_at_ms: 1,
+                    ..example(comm, 10, 1)
                 },
-            }],
+            )],
         }
     }
 

@@ -326,6 +326,7 @@ fn example(sighting: &Sighting, clock: Clock) -> Example {
 mod tests {
     use super::*;
     use crate::checks::CallSite;
+    use crate::test_support::{call_site, example};
     use capprof_common::Verdict;
 
     struct FakeOwners(HashMap<u64, Owner>);
@@ -507,17 +508,7 @@ mod tests {
     #[test]
     fn a_resumed_folder_only_adds_the_difference() {
         let key = record(7, 0, &[]).key;
-        let stored_site = EntryCallSite {
-            stack: vec!["chown_common".into()],
-            example: Example {
-                pid: 1,
-                tgid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "chown".into(),
-                seen_at_ms: 5,
-            },
-        };
+        let stored_site = call_site(&["chown_common"], example("chown", 1, 5));
         let mut folder = Folder::resume(HashMap::from([(key, 10)]), &[(key, stored_site)]);
         let mut owners = FakeOwners(HashMap::from([(7, Owner::Container(web("c1")))]));
         let batch = fold_and_commit(
@@ -537,17 +528,7 @@ mod tests {
     #[test]
     fn sites_recorded_before_a_restart_but_never_attributed_are_folded_later() {
         let key = record(9, 0, &[]).key;
-        let stored_site = EntryCallSite {
-            stack: vec!["inet_bind".into()],
-            example: Example {
-                pid: 1,
-                tgid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "httpd".into(),
-                seen_at_ms: 5,
-            },
-        };
+        let stored_site = call_site(&["inet_bind"], example("httpd", 1, 5));
         let mut folder = Folder::resume(HashMap::new(), &[(key, stored_site.clone())]);
         let mut owners = FakeOwners(HashMap::from([(9, Owner::Host)]));
         // The resumed tracer's table has the count but no call site: the kernel reported it before.

@@ -187,12 +187,11 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{call_site, example};
     use crate::{
         capability::Capability,
         classify::entry_key,
-        profile::{
-            EntryCallSite, EntryVerdict, Example, Profile, ProfileEntry, Subject, SubjectInfo,
-        },
+        profile::{EntryVerdict, Profile, ProfileEntry, Subject, SubjectInfo},
         recommend::recommend,
     };
 
@@ -221,17 +220,10 @@ mod tests {
             count: 1,
             first_seen_ms: 1_764_781_262_000,
             last_seen_ms: 1_764_781_262_000,
-            call_sites: vec![EntryCallSite {
-                stack: vec!["cap_capable".into(), "__inet_bind+0x1ea".into()],
-                example: Example {
-                    pid: 1,
-                    tgid: 1,
-                    uid: 0,
-                    gid: 0,
-                    comm: "httpd".into(),
-                    seen_at_ms: 1_764_781_262_000,
-                },
-            }],
+            call_sites: vec![call_site(
+                &["cap_capable", "__inet_bind+0x1ea"],
+                example("httpd", 1, 1_764_781_262_000),
+            )],
         }
     }
 
@@ -241,20 +233,10 @@ mod tests {
             count: 5,
             first_seen_ms: 1_764_781_262_000,
             last_seen_ms: 1_764_781_262_000,
-            call_sites: vec![EntryCallSite {
-                stack: vec![
-                    "cap_capable".into(),
-                    "security_vm_enough_memory_mm+0x36".into(),
-                ],
-                example: Example {
-                    pid: 2,
-                    tgid: 2,
-                    uid: 0,
-                    gid: 0,
-                    comm: "wget".into(),
-                    seen_at_ms: 1_764_781_262_000,
-                },
-            }],
+            call_sites: vec![call_site(
+                &["cap_capable", "security_vm_enough_memory_mm+0x36"],
+                example("wget", 2, 1_764_781_262_000),
+            )],
         }
     }
 

@@ -325,10 +325,8 @@ fn danger(capability: Capability, entry: &ProfileEntry) -> Option<Danger> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        classify::entry_key,
-        profile::{EntryCallSite, Example},
-    };
+    use crate::classify::entry_key;
+    use crate::test_support::{call_site, example};
     use capprof_common::check_flags;
 
     fn entry(
@@ -344,17 +342,7 @@ mod tests {
             count: 2,
             first_seen_ms: 1_764_781_262_000,
             last_seen_ms: 1_764_781_263_000,
-            call_sites: vec![EntryCallSite {
-                stack: stack.iter().map(|f| (*f).to_owned()).collect(),
-                example: Example {
-                    pid: 7,
-                    tgid: 7,
-                    uid: 0,
-                    gid: 0,
-                    comm: comm.into(),
-                    seen_at_ms: 1_764_781_262_000,
-                },
-            }],
+            call_sites: vec![call_site(stack, example(comm, 7, 1_764_781_262_000))],
         }
     }
 

@@ -356,9 +356,10 @@ fn docker_run(recommendation: &Recommendation) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{call_site, example};
     use crate::{
         classify::entry_key,
-        profile::{EntryCallSite, EntryVerdict, Example, Profile, ProfileEntry},
+        profile::{EntryVerdict, Profile, ProfileEntry},
         recommend::recommend,
     };
     use capprof_common::check_flags;
@@ -375,17 +376,7 @@ mod tests {
             count: 4,
             first_seen_ms: 1_764_781_262_000,
             last_seen_ms: 1_764_781_263_000,
-            call_sites: vec![EntryCallSite {
-                stack: stack.iter().map(|frame| (*frame).to_owned()).collect(),
-                example: Example {
-                    pid: 9,
-                    tgid: 9,
-                    uid: 0,
-                    gid: 0,
-                    comm: comm.into(),
-                    seen_at_ms: 1_764_781_262_000,
-                },
-            }],
+            call_sites: vec![call_site(stack, example(comm, 9, 1_764_781_262_000))],
         }
     }
 

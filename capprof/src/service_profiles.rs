@@ -181,10 +181,11 @@ pub fn compose_comment(needed: &RecommendedCapability) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{call_site, example};
     use crate::{
         capability::Capability,
         classify::entry_key,
-        profile::{EntryCallSite, EntryVerdict, Example, Profile, ProfileEntry, SubjectInfo},
+        profile::{EntryVerdict, Profile, ProfileEntry, SubjectInfo},
         store::{Batch, ContainerRecord},
     };
 
@@ -205,21 +206,10 @@ mod tests {
                 count: 3,
                 first_seen_ms: 1_764_781_262_000,
                 last_seen_ms: 1_764_781_262_000,
-                call_sites: vec![EntryCallSite {
-                    stack: vec![
-                        "cap_capable".into(),
-                        "ns_capable".into(),
-                        "__inet_bind+0x1ea".into(),
-                    ],
-                    example: Example {
-                        pid: 7,
-                        tgid: 7,
-                        uid: 0,
-                        gid: 0,
-                        comm: "httpd".into(),
-                        seen_at_ms: 1_764_781_262_000,
-                    },
-                }],
+                call_sites: vec![call_site(
+                    &["cap_capable", "ns_capable", "__inet_bind+0x1ea"],
+                    example("httpd", 7, 1_764_781_262_000),
+                )],
             }],
         }
     }

@@ -755,20 +755,10 @@ fn decode_site(stack: &str, example: &str) -> Result<EntryCallSite, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Example;
+    use crate::test_support::{call_site, example};
 
     fn site(comm: &str, at: i64) -> EntryCallSite {
-        EntryCallSite {
-            stack: vec!["cap_capable".into(), "chown_common".into()],
-            example: Example {
-                pid: 5,
-                tgid: 5,
-                uid: 0,
-                gid: 0,
-                comm: comm.into(),
-                seen_at_ms: at,
-            },
-        }
+        call_site(&["cap_capable", "chown_common"], example(comm, 5, at))
     }
 
     fn chown_key() -> EntryKey {

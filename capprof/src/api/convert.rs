@@ -312,9 +312,10 @@ pub fn live_check_to_proto(check: &LiveCheck, container_name: String) -> pb::Che
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{call_site, example};
     use crate::{
         classify::entry_key,
-        profile::{EntryCallSite, Example, Profile, ProfileEntry},
+        profile::{Profile, ProfileEntry},
         recommend::recommend,
     };
 
@@ -325,17 +326,7 @@ mod tests {
             count: 3,
             first_seen_ms: 1_000,
             last_seen_ms: 2_000,
-            call_sites: vec![EntryCallSite {
-                stack: stack.iter().map(|frame| (*frame).to_owned()).collect(),
-                example: Example {
-                    pid: 1,
-                    tgid: 1,
-                    uid: 0,
-                    gid: 0,
-                    comm: "httpd".into(),
-                    seen_at_ms: 1_000,
-                },
-            }],
+            call_sites: vec![call_site(stack, example("httpd", 1, 1_000))],
         };
         let recommendation = recommend(&Profile {
             subject: Subject::Service {

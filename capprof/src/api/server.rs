@@ -674,9 +674,10 @@ impl CheckFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{call_site, example};
     use crate::{
         classify::entry_key,
-        profile::{EntryCallSite, EntryVerdict, Example, ProfileEntry},
+        profile::{EntryVerdict, ProfileEntry},
     };
 
     fn recommendation(entries: &[(Capability, EntryVerdict, u32, u64)]) -> Recommendation {
@@ -690,17 +691,10 @@ mod tests {
                     count: *count,
                     first_seen_ms: 1,
                     last_seen_ms: 2,
-                    call_sites: vec![EntryCallSite {
-                        stack: vec!["cap_capable".into(), "__inet_bind+0x1".into()],
-                        example: Example {
-                            pid: 1,
-                            tgid: 1,
-                            uid: 0,
-                            gid: 0,
-                            comm: "httpd".into(),
-                            seen_at_ms: 1,
-                        },
-                    }],
+                    call_sites: vec![call_site(
+                        &["cap_capable", "__inet_bind+0x1"],
+                        example("httpd", 1, 1),
+                    )],
                 })
                 .collect(),
         })
