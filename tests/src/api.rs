@@ -18,7 +18,7 @@ use capprof::{
     attach::{AttachChoice, AttachMode, SkippedMode},
     capability::Capability,
     collector::TracerCounters,
-    daemon::{DaemonState, DaemonStatus, ProfileChange},
+    daemon::{DaemonState, DaemonStatus, LiveCheck, ProfileChange},
     fold::container_subjects,
     profile::{EntryCallSite, EntryKey, EntryVerdict, Example, Subject},
     store::{Batch, ContainerRecord, EntryDelta, Store},
@@ -353,6 +353,19 @@ impl TestDaemon {
                 subject: subject.clone(),
             });
         }
+    }
+
+    /// Streams one live check of `subject`, as the collector does for each delta it folds.
+    pub fn send_live_check(&self, subject: Subject, check: Check) {
+        self.state
+            .checks
+            .send(LiveCheck {
+                subject,
+                key: check.key(),
+                delta: check.count,
+                example: None,
+            })
+            .expect("a live-check subscriber");
     }
 
     /// Lets other users reach the socket's directory, so that only the socket's own mode

@@ -127,6 +127,22 @@ impl DaemonProcess {
             .expect("run the capprof CLI")
     }
 
+    /// Runs a CLI command that prints one JSON document (`--format json`): its exit code and the
+    /// document. Panics with its exit status, stdout and stderr when it printed no JSON.
+    pub fn cli_json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let output = self.cli(args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let document = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+            panic!(
+                "`capprof {}` printed no JSON ({error}), exit {:?}:\n{stdout}\n{}",
+                args.join(" "),
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status.code(), document)
+    }
+
     /// Starts the `capprof` CLI against this daemon with stdout piped, e.g. for `watch`.
     pub fn spawn_cli(&self, args: &[&str]) -> Child {
         Command::new(&self.binary)

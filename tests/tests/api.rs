@@ -9,7 +9,6 @@ use capprof::{
     api::{ApiClient, ClientError, ClientTarget, FailureKind, TracerHealth},
     capability::Capability,
     classify::CheckClass,
-    daemon::LiveCheck,
     profile::{EntryVerdict, Subject},
     recommend::Recommendation,
 };
@@ -361,28 +360,10 @@ async fn live_checks_are_filtered_by_container_and_capability() {
         .await
         .unwrap();
     tokio::pin!(checks);
-    let live = |id: &str, check: capprof_tests::api::Check| LiveCheck {
-        subject: Subject::Container { id: id.into() },
-        key: check.key(),
-        delta: check.count,
-        example: None,
-    };
     // Another service, the wrong capability, then the one that matches.
-    daemon
-        .state
-        .checks
-        .send(live(BLOG_ID, bind_port_80(1)))
-        .unwrap();
-    daemon
-        .state
-        .checks
-        .send(live(WEB_ID, chown_files(1)))
-        .unwrap();
-    daemon
-        .state
-        .checks
-        .send(live(WEB_ID, bind_port_80(7)))
-        .unwrap();
+    daemon.send_live_check(Subject::Container { id: BLOG_ID.into() }, bind_port_80(1));
+    daemon.send_live_check(Subject::Container { id: WEB_ID.into() }, chown_files(1));
+    daemon.send_live_check(Subject::Container { id: WEB_ID.into() }, bind_port_80(7));
     let message = guarded("the matching check", checks.next())
         .await
         .unwrap()
@@ -398,16 +379,7 @@ async fn live_checks_are_filtered_by_container_and_capability() {
     // Unfiltered: everything, the host included.
     let all = client.checks(None, vec![]).await.unwrap();
     tokio::pin!(all);
-    daemon
-        .state
-        .checks
-        .send(LiveCheck {
-            subject: Subject::Host,
-            key: denied_ping(1).key(),
-            delta: 1,
-            example: None,
-        })
-        .unwrap();
+    daemon.send_live_check(Subject::Host, denied_ping(1));
     let host = guarded("the host check", all.next())
         .await
         .unwrap()
@@ -858,27 +830,9 @@ async fn events_prints_the_filtered_live_checks() {
         }
     })
     .await;
-    let live = |id: &str, check: capprof_tests::api::Check| LiveCheck {
-        subject: Subject::Container { id: id.into() },
-        key: check.key(),
-        delta: check.count,
-        example: None,
-    };
-    daemon
-        .state
-        .checks
-        .send(live(DB_ID, chown_files(1)))
-        .unwrap();
-    daemon
-        .state
-        .checks
-        .send(live(BLOG_ID, bind_port_80(1)))
-        .unwrap();
-    daemon
-        .state
-        .checks
-        .send(live(WEB_ID, bind_port_80(4)))
-        .unwrap();
+    daemon.send_live_check(Subject::Container { id: DB_ID.into() }, chown_files(1));
+    daemon.send_live_check(Subject::Container { id: BLOG_ID.into() }, bind_port_80(1));
+    daemon.send_live_check(Subject::Container { id: WEB_ID.into() }, bind_port_80(4));
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
     let line = guarded("the matching check", lines.next_line())

@@ -57,6 +57,14 @@ impl Session {
         }
     }
 
+    /// Like [`Session::start`], counting only the checks made in `cgroup` (the in-kernel filter).
+    fn watching(cgroup: &TestCgroup) -> Option<Self> {
+        Self::start(TracerOptions {
+            cgroup_id: Some(cgroup.id()),
+            ..Default::default()
+        })
+    }
+
     fn collect(&mut self) {
         self.trace.poll().expect("poll the tracer");
     }
@@ -106,10 +114,7 @@ const ALL_OPERATIONS: &[&str] = &["chown", "sethostname", "raw-icmp", "nice", "b
 #[test]
 fn granted_checks_are_counted_exactly_in_their_cgroup() {
     let cgroup = cgroups::create("granted");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     Trigger {
@@ -138,10 +143,7 @@ fn granted_checks_are_counted_exactly_in_their_cgroup() {
 #[test]
 fn checks_are_denied_after_dropping_capabilities() {
     let cgroup = cgroups::create("denied");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     Trigger {
@@ -240,10 +242,7 @@ fn the_in_kernel_cgroup_filter_counts_nothing_else() {
 #[test]
 fn stacks_name_the_kernel_functions_that_checked() {
     let cgroup = cgroups::create("stacks");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     let pid = Trigger {
@@ -298,10 +297,7 @@ fn stacks_name_the_kernel_functions_that_checked() {
 #[test]
 fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
     let cgroup = cgroups::create("mmap");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     Trigger {
@@ -349,10 +345,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
 #[test]
 fn silent_seccomp_probe_has_its_opts_observed_where_the_path_sees_them() {
     let cgroup = cgroups::create("seccomp");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     Trigger {
@@ -542,10 +535,7 @@ fn a_forced_mode_the_kernel_lacks_names_the_missing_feature() {
 #[test]
 fn checks_made_by_a_runtime_init_are_flagged() {
     let cgroup = cgroups::create("runtime-init");
-    let Some(mut session) = Session::start(TracerOptions {
-        cgroup_id: Some(cgroup.id()),
-        ..Default::default()
-    }) else {
+    let Some(mut session) = Session::watching(&cgroup) else {
         return;
     };
     Trigger {

@@ -35,7 +35,7 @@ fn a_test_command_that_needs_more_fails_verification_and_names_what_to_add() {
     });
 
     // The test exercises something the profile never saw: a chown inside the container.
-    let output = daemon.cli(&[
+    let (code, report) = daemon.cli_json(&[
         "verify",
         service.name(),
         "--format",
@@ -45,14 +45,7 @@ fn a_test_command_that_needs_more_fails_verification_and_names_what_to_add() {
         "-c",
         "docker exec \"$CAPPROF_VERIFY_CONTAINER\" sh -c 'touch /f && chown 1000 /f'",
     ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
-        panic!(
-            "verify printed no JSON ({error}): {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert_eq!(output.status.code(), Some(9), "{report:#}");
+    assert_eq!(code, Some(9), "{report:#}");
     let run = &report["recommended_run"];
     assert_eq!(run["passed"], false, "{report:#}");
     assert_ne!(run["exit_code"], 0, "{report:#}");
@@ -109,7 +102,7 @@ fn a_workload_that_hangs_without_a_capability_is_stopped_and_counts_as_broken() 
         cap_add(report) == ["NET_RAW"]
     });
 
-    let output = daemon.cli(&[
+    let (code, report) = daemon.cli_json(&[
         "verify",
         retrier.name(),
         "--leave-one-out",
@@ -118,14 +111,7 @@ fn a_workload_that_hangs_without_a_capability_is_stopped_and_counts_as_broken() 
         "--format",
         "json",
     ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
-        panic!(
-            "verify printed no JSON ({error}): {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["recommended_run"]["timed_out"], false, "{report:#}");
     let without = &report["leave_one_out"][0]["run"];
     assert_eq!(without["timed_out"], true, "{report:#}");
@@ -188,7 +174,7 @@ fn a_compose_service_is_verified_through_an_override_file() {
     daemon.wait_for_report(&target, PATIENCE, |report| cap_add(report) == ["NET_RAW"]);
 
     let file_arg = file.to_string_lossy().into_owned();
-    let output = daemon.cli(&[
+    let (code, report) = daemon.cli_json(&[
         "verify",
         &target,
         "--compose",
@@ -197,14 +183,7 @@ fn a_compose_service_is_verified_through_an_override_file() {
         "--format",
         "json",
     ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
-        panic!(
-            "verify printed no JSON ({error}): {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["cap_add"], serde_json::json!(["NET_RAW"]));
     assert_eq!(report["recommended_run"]["passed"], true, "{report:#}");
     assert_eq!(report["leave_one_out"][0]["capability"], "NET_RAW");

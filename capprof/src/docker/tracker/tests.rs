@@ -290,6 +290,18 @@ impl Harness {
             .unwrap_or_else(|_| panic!("no {what}"))
     }
 
+    /// The next cgroup the tracker attributes, with its attribution.
+    async fn attributed(&mut self, what: &str) -> (u64, Attribution) {
+        self.next(what, |event| match event {
+            TrackerEvent::Attributed {
+                cgroup_id,
+                attribution,
+            } => Some((cgroup_id, attribution)),
+            _ => None,
+        })
+        .await
+    }
+
     async fn listed(&mut self) -> (u64, usize) {
         self.next("listing", |event| match event {
             TrackerEvent::Listed { relists, running } => Some((relists, running)),
@@ -458,13 +470,7 @@ async fn an_unknown_cgroup_is_attributed_once_its_container_starts() {
     let job = run_container(&engine, &cgroups, 5);
     engine.send(ContainerAction::Start, &job.id, &[]);
     let (cgroup_id, attribution) = harness
-        .next("attribution of the pending cgroup", |event| match event {
-            TrackerEvent::Attributed {
-                cgroup_id,
-                attribution,
-            } => Some((cgroup_id, attribution)),
-            _ => None,
-        })
+        .attributed("attribution of the pending cgroup")
         .await;
     assert_eq!(cgroup_id, 505);
     assert_eq!(attributed_to(&attribution), Some(job.id.as_str()));
@@ -528,15 +534,7 @@ async fn a_vanished_cgroup_waits_then_goes_to_the_host() {
             ..
         })
     ));
-    let (cgroup_id, attribution) = harness
-        .next("the vanished cgroup settling", |event| match event {
-            TrackerEvent::Attributed {
-                cgroup_id,
-                attribution,
-            } => Some((cgroup_id, attribution)),
-            _ => None,
-        })
-        .await;
+    let (cgroup_id, attribution) = harness.attributed("the vanished cgroup settling").await;
     assert_eq!((cgroup_id, attribution), (800, Attribution::Host));
     assert_eq!(harness.tracker.attribute(800), Attribution::Host);
 }
