@@ -20,7 +20,7 @@ use capprof_tests::{
     },
     ci,
 };
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tonic::Code;
 
 /// Fails the test instead of hanging it when something never arrives.
@@ -28,6 +28,13 @@ async fn guarded<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), future)
         .await
         .unwrap_or_else(|_| panic!("{what} never arrived"))
+}
+
+/// A stream's next item; panics when it never arrives or the stream ends first.
+async fn next_item<S: Stream + Unpin>(what: &str, stream: &mut S) -> S::Item {
+    guarded(what, stream.next())
+        .await
+        .unwrap_or_else(|| panic!("the stream ended before {what}"))
 }
 
 async fn client(daemon: &TestDaemon) -> ApiClient {
@@ -253,18 +260,16 @@ async fn reset_forgets_one_profile_and_tells_watchers() {
     let mut client = client(&daemon).await;
     let watch = client.watch("shop-db-1", false).await.unwrap();
     tokio::pin!(watch);
-    let first = guarded("the first watch message", watch.next())
+    let first = next_item("the first watch message", &mut watch)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(names(&first), ["CHOWN"]);
 
     let (subject, existed) = client.reset("shop-db-1").await.unwrap();
     assert_eq!(subject, Subject::Container { id: DB_ID.into() });
     assert!(existed);
-    let after = guarded("the watch message after the reset", watch.next())
+    let after = next_item("the watch message after the reset", &mut watch)
         .await
-        .unwrap()
         .unwrap();
     assert!(after.cap_add.is_empty());
     assert_eq!(after.total_checks, 0);
@@ -294,9 +299,8 @@ async fn watch_sends_the_current_list_then_each_change() {
     let mut client = client(&daemon).await;
     let watch = client.watch("shop/web", false).await.unwrap();
     tokio::pin!(watch);
-    let first = guarded("the first watch message", watch.next())
+    let first = next_item("the first watch message", &mut watch)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(first.subject, web_service());
     assert_eq!(names(&first), ["CHOWN", "NET_BIND_SERVICE"]);
@@ -309,9 +313,8 @@ async fn watch_sends_the_current_list_then_each_change() {
     let db = container(DB_ID, "shop-db-1", "postgres:16", Some(("shop", "db")));
     daemon.apply(&checks_of(&db, &[denied_ping(1)]));
     daemon.apply(&checks_of(&web, &[denied_ping(2)]));
-    let second = guarded("the watch message after the change", watch.next())
+    let second = next_item("the watch message after the change", &mut watch)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(names(&second), ["CHOWN", "NET_BIND_SERVICE", "NET_RAW"]);
     assert_eq!(second.denied, [Capability::NetRaw]);
@@ -324,15 +327,11 @@ async fn watch_sends_the_current_list_then_each_change() {
     // With count updates, a count-only change is a message of its own.
     let counts = client.watch("shop/web", true).await.unwrap();
     tokio::pin!(counts);
-    let current = guarded("the first counts message", counts.next())
+    let current = next_item("the first counts message", &mut counts)
         .await
-        .unwrap()
         .unwrap();
     daemon.apply(&checks_of(&web, &[chown_files(1)]));
-    let updated = guarded("the counts message", counts.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let updated = next_item("the counts message", &mut counts).await.unwrap();
     assert_eq!(names(&updated), names(&current));
     assert_eq!(updated.total_checks, current.total_checks + 1);
     daemon.stop().await.expect("clean shutdown");
@@ -364,10 +363,7 @@ async fn live_checks_are_filtered_by_container_and_capability() {
     daemon.send_live_check(Subject::Container { id: BLOG_ID.into() }, bind_port_80(1));
     daemon.send_live_check(Subject::Container { id: WEB_ID.into() }, chown_files(1));
     daemon.send_live_check(Subject::Container { id: WEB_ID.into() }, bind_port_80(7));
-    let message = guarded("the matching check", checks.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let message = next_item("the matching check", &mut checks).await.unwrap();
     assert_eq!(message.missed, 0);
     let check = message.check.unwrap();
     assert_eq!(check.capability, "CAP_NET_BIND_SERVICE");
@@ -380,9 +376,8 @@ async fn live_checks_are_filtered_by_container_and_capability() {
     let all = client.checks(None, vec![]).await.unwrap();
     tokio::pin!(all);
     daemon.send_live_check(Subject::Host, denied_ping(1));
-    let host = guarded("the host check", all.next())
+    let host = next_item("the host check", &mut all)
         .await
-        .unwrap()
         .unwrap()
         .check
         .unwrap();
@@ -410,16 +405,12 @@ async fn live_streams_need_a_collecting_tracer() {
     let mut client = client(&daemon).await;
     let watch = client.watch("shop/web", false).await.unwrap();
     tokio::pin!(watch);
-    guarded("the first message", watch.next())
-        .await
-        .unwrap()
-        .unwrap();
+    next_item("the first message", &mut watch).await.unwrap();
     daemon.health.send_replace(TracerHealth::KernelUnsupported {
         reason: "no kprobes, fentry or cap_capable tracepoint".into(),
     });
-    let error = guarded("the end of the watch", watch.next())
+    let error = next_item("the end of the watch", &mut watch)
         .await
-        .unwrap()
         .unwrap_err();
     assert_eq!(error.kind(), FailureKind::KernelUnsupported);
     assert_eq!(api_error(error).0, Code::FailedPrecondition);
@@ -448,19 +439,15 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
     let mut client = client(&daemon).await;
     let watch = client.watch("shop/web", false).await.unwrap();
     tokio::pin!(watch);
-    guarded("the first message", watch.next())
-        .await
-        .unwrap()
-        .unwrap();
+    next_item("the first message", &mut watch).await.unwrap();
     let checks = client.checks(None, vec![]).await.unwrap();
     tokio::pin!(checks);
 
     guarded("shutdown", daemon.stop())
         .await
         .expect("clean shutdown");
-    let error = guarded("the end of the watch", watch.next())
+    let error = next_item("the end of the watch", &mut watch)
         .await
-        .unwrap()
         .unwrap_err();
     assert_eq!(error.kind(), FailureKind::Unavailable);
     let (code, reason, _) = api_error(error);
@@ -468,9 +455,8 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
         (code, reason.as_deref()),
         (Code::Unavailable, Some("shutting-down"))
     );
-    let error = guarded("the end of the checks", checks.next())
+    let error = next_item("the end of the checks", &mut checks)
         .await
-        .unwrap()
         .unwrap_err();
     assert_eq!(error.kind(), FailureKind::Unavailable);
     assert!(!socket.exists(), "the socket is removed on shutdown");
