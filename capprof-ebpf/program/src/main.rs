@@ -467,11 +467,12 @@ fn report_call_site<C: EbpfContext + StackIdContext>(
     entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }
 
+/// Adds one to a diagnostic counter of this CPU. Always atomically: the paths that count are
+/// rare, and a preempted fexit program must not lose a count of dropped or lost data.
 #[inline(always)]
 fn bump(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot of this CPU.
-        unsafe { *value += 1 };
+        add_one(value, true);
     }
 }
 
