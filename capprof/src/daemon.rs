@@ -24,7 +24,7 @@ use crate::{
     fold::{Attributor, Clock, Folder},
     loader::{Tracer, TracerOptions},
     profile::{EntryKey, Example, Subject},
-    store::{Store, StoreError},
+    store::{Batch, Store, StoreError},
     trace::{TraceError, TraceSession},
 };
 
@@ -172,6 +172,24 @@ impl DaemonState {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Tells the watchers of `subject` that its profile changed.
+    pub fn announce_change(&self, subject: &Subject) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(ProfileChange {
+            subject: subject.clone(),
+        });
+    }
+
+    /// Announces, once each, the subjects whose profiles a stored batch changed.
+    pub fn announce_batch(&self, batch: &Batch) {
+        let mut changed: Vec<&Subject> = batch.entries.iter().map(|entry| &entry.subject).collect();
+        changed.sort();
+        changed.dedup();
+        for subject in changed {
+            self.announce_change(subject);
+        }
     }
 }
 
@@ -378,15 +396,7 @@ fn poll_once(
         status.last_poll_ms = clock.wall_now_ms;
         status.pending_keys = pending_keys;
     }
-    let mut changed: Vec<&Subject> = batch.entries.iter().map(|entry| &entry.subject).collect();
-    changed.sort();
-    changed.dedup();
-    for subject in changed {
-        // No receivers is fine: nobody is watching.
-        let _ = state.changes.send(ProfileChange {
-            subject: subject.clone(),
-        });
-    }
+    state.announce_batch(&batch);
     for entry in &batch.entries {
         if matches!(entry.subject, Subject::Container { .. } | Subject::Host) && entry.delta > 0 {
             let _ = state.checks.send(LiveCheck {

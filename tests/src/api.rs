@@ -18,7 +18,7 @@ use capprof::{
     attach::{AttachChoice, AttachMode, SkippedMode},
     capability::Capability,
     collector::TracerCounters,
-    daemon::{DaemonState, DaemonStatus, LiveCheck, ProfileChange},
+    daemon::{DaemonState, DaemonStatus, LiveCheck},
     fold::container_subjects,
     profile::{EntryCallSite, EntryKey, EntryVerdict, Example, Subject},
     store::{Batch, ContainerRecord, EntryDelta, Store},
@@ -345,14 +345,7 @@ impl TestDaemon {
     /// Stores a batch and announces the changed subjects, as the collector does after a poll.
     pub fn apply(&self, batch: &Batch) {
         self.state.store().apply(batch).expect("storing a batch");
-        let mut changed: Vec<&Subject> = batch.entries.iter().map(|entry| &entry.subject).collect();
-        changed.sort();
-        changed.dedup();
-        for subject in changed {
-            let _ = self.state.changes.send(ProfileChange {
-                subject: subject.clone(),
-            });
-        }
+        self.state.announce_batch(batch);
     }
 
     /// Streams one live check of `subject`, as the collector does for each delta it folds.

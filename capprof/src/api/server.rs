@@ -474,9 +474,7 @@ impl CapprofService for ApiService {
         })
         .await?;
         // Watchers of this subject recompute and see the empty profile.
-        let _ = self.context.state.changes.send(ProfileChange {
-            subject: subject.clone(),
-        });
+        self.context.state.announce_change(&subject);
         Ok(Response::new(pb::ResetProfileResponse {
             subject: Some(convert::subject_to_proto(&subject)),
             existed,
