@@ -116,3 +116,17 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap checks its definitions (unique ids, valid defaults, ...) only in debug builds and
+    /// only for the subcommand being parsed: this checks all of them.
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
