@@ -564,7 +564,7 @@ mod tests {
     use super::*;
     use crate::{
         profile::{Subject, SubjectInfo},
-        test_support::{call_site, example},
+        test_support::check,
     };
 
     const SYS_SETHOSTNAME: u32 = 170;
@@ -572,31 +572,6 @@ mod tests {
     const SYS_MMAP: u32 = 9;
     const SYS_BPF: u32 = 321;
     const SYS_BIND: u32 = 49;
-
-    fn entry(
-        cap: Capability,
-        verdict: EntryVerdict,
-        syscall: u32,
-        flags: u32,
-        stack: &[&str],
-        comm: &str,
-        uid: u32,
-    ) -> ProfileEntry {
-        ProfileEntry {
-            key: entry_key(cap, verdict, Some(syscall), flags),
-            count: 3,
-            first_seen_ms: 1,
-            last_seen_ms: 2,
-            call_sites: vec![call_site(
-                stack,
-                Example {
-                    uid,
-                    gid: uid,
-                    ..example(comm, 10, 1)
-                },
-            )],
-        }
-    }
 
     fn classify_one(target: ProfileEntry, others: Vec<ProfileEntry>) -> Classified {
         let mut entries = others;
@@ -633,16 +608,17 @@ mod tests {
 
     #[test]
     fn runtime_init_checks_are_runtime_setup() {
+        let sethostname = check(
+            Capability::SysAdmin,
+            EntryVerdict::Granted,
+            SYS_SETHOSTNAME,
+            SETHOSTNAME_STACK,
+        );
         let c = classify_one(
-            entry(
-                Capability::SysAdmin,
-                EntryVerdict::Granted,
-                SYS_SETHOSTNAME,
-                check_flags::RUNTIME_INIT,
-                SETHOSTNAME_STACK,
-                "runc:[2:INIT]",
-                0,
-            ),
+            sethostname
+                .flags(check_flags::RUNTIME_INIT)
+                .by("runc:[2:INIT]")
+                .entry(),
             vec![],
         );
         assert_eq!(
@@ -652,93 +628,67 @@ mod tests {
         assert!(c.reason.contains("runc:[2:INIT]"), "{}", c.reason);
     }
 
-    /// An entry whose one call site was first seen from `pid` at `at_ms`.
-    fn seen(mut entry: ProfileEntry, pid: u32, at_ms: i64) -> ProfileEntry {
-        for site in &mut entry.call_sites {
-            site.example.pid = pid;
-            site.example.tgid = pid;
-            site.example.seen_at_ms = at_ms;
-        }
-        entry
-    }
-
     #[test]
     fn what_runc_did_before_renaming_itself_is_runtime_setup() {
         const SYS_MOUNT: u32 = 165;
         const SYS_CLONE: u32 = 56;
-        // runc's `exe` stage bind-mounts its own binary, then runs as `runc:[0:PARENT]`.
-        let mount = |pid, at_ms| {
-            seen(
-                entry(
-                    Capability::SysAdmin,
-                    EntryVerdict::Granted,
-                    SYS_MOUNT,
-                    0,
-                    &["cap_capable", "ns_capable", "path_mount+0xda"],
-                    "exe",
-                    0,
-                ),
-                pid,
-                at_ms,
-            )
-        };
-        let parent = seen(
-            entry(
-                Capability::SysAdmin,
-                EntryVerdict::Granted,
-                SYS_CLONE,
-                check_flags::RUNTIME_INIT,
-                &["cap_capable", "ns_capable", "copy_process"],
-                "runc:[0:PARENT]",
-                0,
-            ),
-            27713,
-            1_000,
+        const MOUNT_STACK: &[&str] = &["cap_capable", "ns_capable", "path_mount+0xda"];
+        let mount = check(
+            Capability::SysAdmin,
+            EntryVerdict::Granted,
+            SYS_MOUNT,
+            MOUNT_STACK,
         );
-        let c = classify_one(mount(27713, 1_000), vec![parent.clone()]);
+        // runc's `exe` stage bind-mounts its own binary, then runs as `runc:[0:PARENT]`.
+        let exe_mount = |pid, at_ms| mount.clone().by("exe").pid(pid).seen_at(at_ms).entry();
+        let parent = check(
+            Capability::SysAdmin,
+            EntryVerdict::Granted,
+            SYS_CLONE,
+            &["cap_capable", "ns_capable", "copy_process"],
+        )
+        .flags(check_flags::RUNTIME_INIT)
+        .by("runc:[0:PARENT]")
+        .pid(27713)
+        .seen_at(1_000)
+        .entry();
+        let c = classify_one(exe_mount(27713, 1_000), vec![parent.clone()]);
         assert_eq!(
             (c.class, c.rule),
             (CheckClass::RuntimeSetup, "runtime-prelude")
         );
         assert!(c.reason.contains("runc:[0:PARENT]"), "{}", c.reason);
         // Another process, or the same pid reused after runc was gone: the application's.
-        let other = classify_one(mount(27800, 1_000), vec![parent.clone()]);
+        let other = classify_one(exe_mount(27800, 1_000), vec![parent.clone()]);
         assert_eq!((other.class, other.rule), (CheckClass::Required, "granted"));
-        let reused = classify_one(mount(27713, 9_000), vec![parent]);
+        let reused = classify_one(exe_mount(27713, 9_000), vec![parent]);
         assert_eq!(
             (reused.class, reused.rule),
             (CheckClass::Required, "granted")
         );
         // runc:[2:INIT] executes the entrypoint in place: its pid's later checks are the app's.
-        let init = seen(
-            entry(
-                Capability::SysAdmin,
-                EntryVerdict::Granted,
-                SYS_MOUNT,
-                check_flags::RUNTIME_INIT,
-                &["cap_capable", "ns_capable", "path_mount+0xda"],
-                "runc:[2:INIT]",
-                0,
-            ),
-            27720,
-            1_000,
-        );
-        let app = classify_one(mount(27720, 1_000), vec![init]);
+        let init = mount
+            .clone()
+            .flags(check_flags::RUNTIME_INIT)
+            .by("runc:[2:INIT]")
+            .pid(27720)
+            .seen_at(1_000)
+            .entry();
+        let app = classify_one(exe_mount(27720, 1_000), vec![init]);
         assert_eq!((app.class, app.rule), (CheckClass::Required, "granted"));
     }
 
     #[test]
     fn foreign_credentials_are_not_the_containers_needs() {
         let c = classify_one(
-            entry(
+            check(
                 Capability::DacOverride,
                 EntryVerdict::Granted,
                 SYS_OPENAT,
-                check_flags::FOREIGN_CRED,
                 &["cap_capable", "security_capable", "file_ns_capable"],
-                "app",
-                0,
-            ),
+            )
+            .flags(check_flags::FOREIGN_CRED)
+            .entry(),
             vec![],
         );
         assert_eq!((c.class, c.rule), (CheckClass::ForeignCred, "foreign-cred"));
@@ -748,15 +698,14 @@ mod tests {
     fn observed_noaudit_is_advisory() {
         let flags = check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT;
         let c = classify_one(
-            entry(
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Granted,
                 SYS_MMAP,
-                flags,
                 MMAP_STACK,
-                "app",
-                0,
-            ),
+            )
+            .flags(flags)
+            .entry(),
             vec![],
         );
         assert_eq!(
@@ -768,15 +717,13 @@ mod tests {
     #[test]
     fn noaudit_call_sites_are_advisory_when_opts_are_unknown() {
         let c = classify_one(
-            entry(
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Denied,
                 SYS_MMAP,
-                0,
                 MMAP_STACK,
-                "app",
-                0,
-            ),
+            )
+            .entry(),
             vec![],
         );
         assert_eq!(
@@ -794,15 +741,14 @@ mod tests {
     fn observed_opts_win_over_the_call_site() {
         // fexit saw opts without NOAUDIT: the call-site rule must not guess otherwise.
         let c = classify_one(
-            entry(
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Granted,
                 SYS_MMAP,
-                check_flags::OPTS_KNOWN,
                 MMAP_STACK,
-                "app",
-                0,
-            ),
+            )
+            .flags(check_flags::OPTS_KNOWN)
+            .entry(),
             vec![],
         );
         assert_eq!(c.class, CheckClass::Required);
@@ -813,7 +759,9 @@ mod tests {
         const SYS_EXECVE: u32 = 59;
         const SYS_CLONE: u32 = 56;
         let without_stack = |cap, syscall| {
-            let mut bare = entry(cap, EntryVerdict::Denied, syscall, 0, &[], "sh", 0);
+            let mut bare = check(cap, EntryVerdict::Denied, syscall, &[])
+                .by("sh")
+                .entry();
             bare.call_sites.clear();
             bare
         };
@@ -831,15 +779,13 @@ mod tests {
         assert_eq!(raw.class, CheckClass::Missing);
         // With a stack, the stack decides.
         let mount_in_mmap = classify_one(
-            entry(
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Granted,
                 SYS_MMAP,
-                0,
                 &["cap_capable", "some_driver_mmap"],
-                "app",
-                0,
-            ),
+            )
+            .entry(),
             vec![],
         );
         assert_eq!(mount_in_mmap.class, CheckClass::Required);
@@ -848,15 +794,15 @@ mod tests {
     #[test]
     fn denials_of_non_root_processes_are_superseded() {
         let c = classify_one(
-            entry(
+            check(
                 Capability::NetBindService,
                 EntryVerdict::Denied,
                 SYS_BIND,
-                check_flags::NONROOT_EUID,
                 &["cap_capable", "__inet_bind"],
-                "app",
-                1000,
-            ),
+            )
+            .flags(check_flags::NONROOT_EUID)
+            .uid(1000)
+            .entry(),
             vec![],
         );
         assert_eq!(
@@ -866,27 +812,18 @@ mod tests {
         assert!(c.reason.contains("uid 1000"), "{}", c.reason);
     }
 
+    /// `cat` opening a file that only DAC_READ_SEARCH or DAC_OVERRIDE lets it read.
+    fn read_by_cat(cap: Capability, verdict: EntryVerdict) -> ProfileEntry {
+        check(cap, verdict, SYS_OPENAT, READ_STACK)
+            .by("cat")
+            .entry()
+    }
+
     #[test]
     fn read_search_denied_then_override_granted_keeps_override() {
-        let override_granted = entry(
-            Capability::DacOverride,
-            EntryVerdict::Granted,
-            SYS_OPENAT,
-            0,
-            READ_STACK,
-            "cat",
-            0,
-        );
+        let override_granted = read_by_cat(Capability::DacOverride, EntryVerdict::Granted);
         let c = classify_one(
-            entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Denied,
-                SYS_OPENAT,
-                0,
-                READ_STACK,
-                "cat",
-                0,
-            ),
+            read_by_cat(Capability::DacReadSearch, EntryVerdict::Denied),
             vec![override_granted.clone()],
         );
         assert_eq!(
@@ -895,15 +832,7 @@ mod tests {
         );
         let o = classify_one(
             override_granted,
-            vec![entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Denied,
-                SYS_OPENAT,
-                0,
-                READ_STACK,
-                "cat",
-                0,
-            )],
+            vec![read_by_cat(Capability::DacReadSearch, EntryVerdict::Denied)],
         );
         assert_eq!(o.class, CheckClass::Required);
     }
@@ -911,15 +840,7 @@ mod tests {
     #[test]
     fn read_search_for_reads_recommends_override_instead() {
         let c = classify_one(
-            entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Granted,
-                SYS_OPENAT,
-                0,
-                READ_STACK,
-                "cat",
-                0,
-            ),
+            read_by_cat(Capability::DacReadSearch, EntryVerdict::Granted),
             vec![],
         );
         assert_eq!(
@@ -929,15 +850,14 @@ mod tests {
         assert_eq!(c.recommend_instead, Some(Capability::DacOverride));
         assert!(c.reason.contains("open_by_handle_at"), "{}", c.reason);
         let handles = classify_one(
-            entry(
+            check(
                 Capability::DacReadSearch,
                 EntryVerdict::Granted,
                 304,
-                0,
                 &["cap_capable", "may_decode_fh", "do_handle_open"],
-                "escape",
-                0,
-            ),
+            )
+            .by("escape")
+            .entry(),
             vec![],
         );
         assert_eq!(
@@ -952,11 +872,10 @@ mod tests {
         const SYS_WRITE: u32 = 1;
         let chmod = |verdict| {
             classify_one(
-                entry(
+                check(
                     Capability::Fsetid,
                     verdict,
                     SYS_CHMOD,
-                    0,
                     &[
                         "cap_capable+0x83",
                         "security_capable+0x3b",
@@ -965,9 +884,9 @@ mod tests {
                         "notify_change+0x1e0",
                         "chmod_common+0xc6",
                     ],
-                    "chmod",
-                    0,
-                ),
+                )
+                .by("chmod")
+                .entry(),
                 vec![],
             )
         };
@@ -981,19 +900,17 @@ mod tests {
         }
         // Keeping a setuid bit across a write is another matter: that stays a need.
         let write = classify_one(
-            entry(
+            check(
                 Capability::Fsetid,
                 EntryVerdict::Granted,
                 SYS_WRITE,
-                0,
                 &[
                     "cap_capable",
                     "setattr_should_drop_suidgid",
                     "file_remove_privs",
                 ],
-                "app",
-                0,
-            ),
+            )
+            .entry(),
             vec![],
         );
         assert_eq!((write.class, write.rule), (CheckClass::Required, "granted"));
@@ -1001,25 +918,9 @@ mod tests {
 
     #[test]
     fn read_search_denied_with_override_denied_recommends_override() {
-        let override_denied = entry(
-            Capability::DacOverride,
-            EntryVerdict::Denied,
-            SYS_OPENAT,
-            0,
-            READ_STACK,
-            "cat",
-            0,
-        );
+        let override_denied = read_by_cat(Capability::DacOverride, EntryVerdict::Denied);
         let c = classify_one(
-            entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Denied,
-                SYS_OPENAT,
-                0,
-                READ_STACK,
-                "cat",
-                0,
-            ),
+            read_by_cat(Capability::DacReadSearch, EntryVerdict::Denied),
             vec![override_denied],
         );
         assert_eq!(
@@ -1032,15 +933,14 @@ mod tests {
         );
         assert!(c.reason.contains("open_by_handle_at"), "{}", c.reason);
         let handles = classify_one(
-            entry(
+            check(
                 Capability::DacReadSearch,
                 EntryVerdict::Denied,
                 304,
-                0,
                 &["cap_capable", "may_decode_fh", "do_handle_open"],
-                "escape",
-                0,
-            ),
+            )
+            .by("escape")
+            .entry(),
             vec![],
         );
         assert_eq!(
@@ -1051,24 +951,22 @@ mod tests {
 
     #[test]
     fn sys_admin_after_a_denied_narrow_capability_is_superseded() {
-        let bpf_denied = entry(
+        let bpf_denied = check(
             Capability::Bpf,
             EntryVerdict::Denied,
             SYS_BPF,
-            0,
             &["cap_capable", "bpf_capable"],
-            "loader",
-            0,
-        );
-        let admin = entry(
+        )
+        .by("loader")
+        .entry();
+        let admin = check(
             Capability::SysAdmin,
             EntryVerdict::Granted,
             SYS_BPF,
-            0,
             &["cap_capable", "bpf_capable"],
-            "loader",
-            0,
-        );
+        )
+        .by("loader")
+        .entry();
         let c = classify_one(admin.clone(), vec![bpf_denied.clone()]);
         assert_eq!(
             (c.class, c.rule, c.recommend_instead),
@@ -1088,20 +986,19 @@ mod tests {
     #[test]
     fn other_denials_are_missing() {
         let c = classify_one(
-            entry(
+            check(
                 Capability::NetBindService,
                 EntryVerdict::Denied,
                 SYS_BIND,
-                0,
                 &[
                     "cap_capable",
                     "security_capable",
                     "ns_capable",
                     "__inet_bind+0x1ea",
                 ],
-                "httpd",
-                0,
-            ),
+            )
+            .by("httpd")
+            .entry(),
             vec![],
         );
         assert_eq!((c.class, c.rule), (CheckClass::Missing, "denied"));
@@ -1115,15 +1012,16 @@ mod tests {
     #[test]
     fn granted_audited_checks_are_required_with_a_checkable_reason() {
         let c = classify_one(
-            entry(
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Granted,
                 SYS_SETHOSTNAME,
-                check_flags::OPTS_KNOWN,
                 SETHOSTNAME_STACK,
-                "hostname",
-                0,
-            ),
+            )
+            .flags(check_flags::OPTS_KNOWN)
+            .by("hostname")
+            .count(3)
+            .entry(),
             vec![],
         );
         assert_eq!((c.class, c.rule), (CheckClass::Required, "granted"));

@@ -187,10 +187,9 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call_site, example};
+    use crate::test_support::check;
     use crate::{
         capability::Capability,
-        classify::entry_key,
         profile::{EntryVerdict, Profile, ProfileEntry, Subject, SubjectInfo},
         recommend::recommend,
     };
@@ -210,34 +209,27 @@ mod tests {
     }
 
     fn bind80() -> ProfileEntry {
-        ProfileEntry {
-            key: entry_key(
-                Capability::NetBindService,
-                EntryVerdict::Granted,
-                Some(49),
-                0,
-            ),
-            count: 1,
-            first_seen_ms: 1_764_781_262_000,
-            last_seen_ms: 1_764_781_262_000,
-            call_sites: vec![call_site(
-                &["cap_capable", "__inet_bind+0x1ea"],
-                example("httpd", 1, 1_764_781_262_000),
-            )],
-        }
+        check(
+            Capability::NetBindService,
+            EntryVerdict::Granted,
+            49,
+            &["cap_capable", "__inet_bind+0x1ea"],
+        )
+        .by("httpd")
+        .entry()
     }
 
     fn mmap_probe() -> ProfileEntry {
-        ProfileEntry {
-            key: entry_key(Capability::SysAdmin, EntryVerdict::Granted, Some(9), 0),
-            count: 5,
-            first_seen_ms: 1_764_781_262_000,
-            last_seen_ms: 1_764_781_262_000,
-            call_sites: vec![call_site(
-                &["cap_capable", "security_vm_enough_memory_mm+0x36"],
-                example("wget", 2, 1_764_781_262_000),
-            )],
-        }
+        check(
+            Capability::SysAdmin,
+            EntryVerdict::Granted,
+            9,
+            &["cap_capable", "security_vm_enough_memory_mm+0x36"],
+        )
+        .by("wget")
+        .pid(2)
+        .count(5)
+        .entry()
     }
 
     fn webapp() -> Vec<ProjectProfiles> {

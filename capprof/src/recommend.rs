@@ -325,26 +325,8 @@ fn danger(capability: Capability, entry: &ProfileEntry) -> Option<Danger> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::entry_key;
-    use crate::test_support::{call_site, example};
+    use crate::test_support::check;
     use capprof_common::check_flags;
-
-    fn entry(
-        cap: Capability,
-        verdict: EntryVerdict,
-        syscall: u32,
-        flags: u32,
-        stack: &[&str],
-        comm: &str,
-    ) -> ProfileEntry {
-        ProfileEntry {
-            key: entry_key(cap, verdict, Some(syscall), flags),
-            count: 2,
-            first_seen_ms: 1_764_781_262_000,
-            last_seen_ms: 1_764_781_263_000,
-            call_sites: vec![call_site(stack, example(comm, 7, 1_764_781_262_000))],
-        }
-    }
 
     fn profile(entries: Vec<ProfileEntry>) -> Profile {
         Profile {
@@ -360,47 +342,49 @@ mod tests {
     #[test]
     fn web_server_on_port_80_that_chowns() {
         let recommendation = recommend(&profile(vec![
-            entry(
+            check(
                 Capability::NetBindService,
                 EntryVerdict::Granted,
                 49,
-                0,
                 &[
                     "cap_capable",
                     "security_capable",
                     "ns_capable",
                     "__inet_bind+0x1ea",
                 ],
-                "httpd",
-            ),
-            entry(
+            )
+            .by("httpd")
+            .count(2)
+            .entry(),
+            check(
                 Capability::Chown,
                 EntryVerdict::Granted,
                 260,
-                0,
                 &[
                     "cap_capable",
                     "capable_wrt_inode_uidgid",
                     "setattr_prepare+0x115",
                 ],
-                "chown",
-            ),
-            entry(
+            )
+            .by("chown")
+            .entry(),
+            check(
                 Capability::SysAdmin,
                 EntryVerdict::Granted,
                 9,
-                0,
                 &["cap_capable", "security_vm_enough_memory_mm+0x36"],
-                "httpd",
-            ),
-            entry(
+            )
+            .by("httpd")
+            .entry(),
+            check(
                 Capability::Setuid,
                 EntryVerdict::Granted,
                 105,
-                check_flags::RUNTIME_INIT,
                 &["cap_capable", "ns_capable_setid"],
-                "runc:[2:INIT]",
-            ),
+            )
+            .flags(check_flags::RUNTIME_INIT)
+            .by("runc:[2:INIT]")
+            .entry(),
         ]));
         assert_eq!(
             recommendation.cap_add_names(),
@@ -425,24 +409,26 @@ mod tests {
                 .contains(&Capability::Chown)
         );
         assert_eq!(recommendation.unneeded_defaults.len(), 12);
-        assert_eq!(recommendation.total_checks, 8);
+        assert_eq!(recommendation.total_checks, 5);
     }
 
     #[test]
     fn hostname_changes_are_flagged_with_the_compose_alternative() {
-        let recommendation = recommend(&profile(vec![entry(
-            Capability::SysAdmin,
-            EntryVerdict::Granted,
-            170,
-            0,
-            &[
-                "cap_capable",
-                "security_capable",
-                "ns_capable",
-                "__x64_sys_sethostname+0x73",
-            ],
-            "hostname",
-        )]));
+        let recommendation = recommend(&profile(vec![
+            check(
+                Capability::SysAdmin,
+                EntryVerdict::Granted,
+                170,
+                &[
+                    "cap_capable",
+                    "security_capable",
+                    "ns_capable",
+                    "__x64_sys_sethostname+0x73",
+                ],
+            )
+            .by("hostname")
+            .entry(),
+        ]));
         assert_eq!(recommendation.cap_add_names(), ["SYS_ADMIN"]);
         assert_eq!(recommendation.dangerous, vec![Capability::SysAdmin]);
         let danger = recommendation.cap_add[0].danger.as_ref().unwrap();
@@ -460,30 +446,20 @@ mod tests {
             "generic_permission+0x11a",
         ];
         let recommendation = recommend(&profile(vec![
-            entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Denied,
-                257,
-                0,
-                read,
-                "cat",
-            ),
-            entry(
-                Capability::DacOverride,
-                EntryVerdict::Granted,
-                257,
-                0,
-                read,
-                "cat",
-            ),
-            entry(
+            check(Capability::DacReadSearch, EntryVerdict::Denied, 257, read)
+                .by("cat")
+                .entry(),
+            check(Capability::DacOverride, EntryVerdict::Granted, 257, read)
+                .by("cat")
+                .entry(),
+            check(
                 Capability::NetRaw,
                 EntryVerdict::Denied,
                 41,
-                0,
                 &["cap_capable", "inet_create"],
-                "ping",
-            ),
+            )
+            .by("ping")
+            .entry(),
         ]));
         assert_eq!(recommendation.cap_add_names(), ["DAC_OVERRIDE", "NET_RAW"]);
         assert_eq!(recommendation.denied, vec![Capability::NetRaw]);
@@ -506,22 +482,12 @@ mod tests {
             "generic_permission+0x11a",
         ];
         let recommendation = recommend(&profile(vec![
-            entry(
-                Capability::DacReadSearch,
-                EntryVerdict::Denied,
-                257,
-                0,
-                read,
-                "cat",
-            ),
-            entry(
-                Capability::DacOverride,
-                EntryVerdict::Denied,
-                257,
-                0,
-                read,
-                "cat",
-            ),
+            check(Capability::DacReadSearch, EntryVerdict::Denied, 257, read)
+                .by("cat")
+                .entry(),
+            check(Capability::DacOverride, EntryVerdict::Denied, 257, read)
+                .by("cat")
+                .entry(),
         ]));
         assert_eq!(recommendation.cap_add_names(), ["DAC_OVERRIDE"]);
         assert_eq!(recommendation.denied, vec![Capability::DacOverride]);
@@ -536,22 +502,12 @@ mod tests {
             "setattr_prepare+0x16a",
         ];
         let recommendation = recommend(&profile(vec![
-            entry(
-                Capability::Fowner,
-                EntryVerdict::Granted,
-                90,
-                0,
-                chmod,
-                "chmod",
-            ),
-            entry(
-                Capability::Fsetid,
-                EntryVerdict::Granted,
-                90,
-                0,
-                chmod,
-                "chmod",
-            ),
+            check(Capability::Fowner, EntryVerdict::Granted, 90, chmod)
+                .by("chmod")
+                .entry(),
+            check(Capability::Fsetid, EntryVerdict::Granted, 90, chmod)
+                .by("chmod")
+                .entry(),
         ]));
         assert_eq!(recommendation.cap_add_names(), ["FOWNER"]);
         assert_eq!(recommendation.ignored[&CheckClass::Advisory].len(), 1);
@@ -559,18 +515,20 @@ mod tests {
 
     #[test]
     fn granted_read_search_becomes_override() {
-        let recommendation = recommend(&profile(vec![entry(
-            Capability::DacReadSearch,
-            EntryVerdict::Granted,
-            257,
-            0,
-            &[
-                "cap_capable",
-                "capable_wrt_inode_uidgid",
-                "generic_permission+0x11a",
-            ],
-            "cat",
-        )]));
+        let recommendation = recommend(&profile(vec![
+            check(
+                Capability::DacReadSearch,
+                EntryVerdict::Granted,
+                257,
+                &[
+                    "cap_capable",
+                    "capable_wrt_inode_uidgid",
+                    "generic_permission+0x11a",
+                ],
+            )
+            .by("cat")
+            .entry(),
+        ]));
         assert_eq!(recommendation.cap_add_names(), ["DAC_OVERRIDE"]);
         assert!(
             recommendation.cap_add[0]
@@ -585,22 +543,12 @@ mod tests {
     fn sys_admin_fallback_is_replaced_by_the_narrow_capability() {
         let stack = &["cap_capable", "bpf_capable"];
         let recommendation = recommend(&profile(vec![
-            entry(
-                Capability::Bpf,
-                EntryVerdict::Denied,
-                321,
-                0,
-                stack,
-                "loader",
-            ),
-            entry(
-                Capability::SysAdmin,
-                EntryVerdict::Granted,
-                321,
-                0,
-                stack,
-                "loader",
-            ),
+            check(Capability::Bpf, EntryVerdict::Denied, 321, stack)
+                .by("loader")
+                .entry(),
+            check(Capability::SysAdmin, EntryVerdict::Granted, 321, stack)
+                .by("loader")
+                .entry(),
         ]));
         assert_eq!(recommendation.cap_add_names(), ["BPF"]);
         assert!(

@@ -356,28 +356,19 @@ fn docker_run(recommendation: &Recommendation) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call_site, example};
+    use crate::test_support::{CheckEntry, SEEN_AT_MS, check};
     use crate::{
-        classify::entry_key,
-        profile::{EntryVerdict, Profile, ProfileEntry},
+        profile::{EntryVerdict, Profile},
         recommend::recommend,
     };
     use capprof_common::check_flags;
 
-    fn entry(
-        cap: Capability,
-        syscall: u32,
-        flags: u32,
-        stack: &[&str],
-        comm: &str,
-    ) -> ProfileEntry {
-        ProfileEntry {
-            key: entry_key(cap, EntryVerdict::Granted, Some(syscall), flags),
-            count: 4,
-            first_seen_ms: 1_764_781_262_000,
-            last_seen_ms: 1_764_781_263_000,
-            call_sites: vec![call_site(stack, example(comm, 9, 1_764_781_262_000))],
-        }
+    /// A check granted four times over a second.
+    fn granted(cap: Capability, syscall: u32, stack: &[&str]) -> CheckEntry {
+        check(cap, EntryVerdict::Granted, syscall, stack)
+            .count(4)
+            .pid(9)
+            .seen(SEEN_AT_MS, SEEN_AT_MS + 1_000)
     }
 
     fn web() -> Recommendation {
@@ -390,50 +381,51 @@ mod tests {
                 names: vec!["shop-web-1".into()],
                 compose_project: Some("shop".into()),
                 compose_service: Some("web".into()),
-                first_seen_ms: 1_764_781_262_000,
-                last_seen_ms: 1_764_781_263_000,
+                first_seen_ms: SEEN_AT_MS,
+                last_seen_ms: SEEN_AT_MS + 1_000,
                 ..Default::default()
             },
             entries: vec![
-                entry(
+                granted(
                     Capability::NetBindService,
                     49,
-                    0,
                     &["cap_capable", "ns_capable", "__inet_bind+0x1ea"],
-                    "httpd",
-                ),
-                entry(
+                )
+                .by("httpd")
+                .entry(),
+                granted(
                     Capability::Chown,
                     260,
-                    0,
                     &[
                         "cap_capable",
                         "capable_wrt_inode_uidgid",
                         "setattr_prepare+0x115",
                     ],
-                    "chown",
-                ),
-                entry(
+                )
+                .by("chown")
+                .entry(),
+                granted(
                     Capability::SysAdmin,
                     170,
-                    0,
                     &["cap_capable", "ns_capable", "__x64_sys_sethostname+0x73"],
-                    "hostname",
-                ),
-                entry(
+                )
+                .by("hostname")
+                .entry(),
+                granted(
                     Capability::SysAdmin,
                     9,
-                    0,
                     &["cap_capable", "security_vm_enough_memory_mm+0x36"],
-                    "httpd",
-                ),
-                entry(
+                )
+                .by("httpd")
+                .entry(),
+                granted(
                     Capability::Setuid,
                     105,
-                    check_flags::RUNTIME_INIT,
                     &["cap_capable", "ns_capable_setid"],
-                    "runc:[2:INIT]",
-                ),
+                )
+                .flags(check_flags::RUNTIME_INIT)
+                .by("runc:[2:INIT]")
+                .entry(),
             ],
         })
     }

@@ -181,11 +181,10 @@ pub fn compose_comment(needed: &RecommendedCapability) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call_site, example};
+    use crate::test_support::check;
     use crate::{
         capability::Capability,
-        classify::entry_key,
-        profile::{EntryVerdict, Profile, ProfileEntry, SubjectInfo},
+        profile::{EntryVerdict, Profile, SubjectInfo},
         store::{Batch, ContainerRecord},
     };
 
@@ -196,21 +195,18 @@ mod tests {
                 service: "web".into(),
             },
             info: SubjectInfo::default(),
-            entries: vec![ProfileEntry {
-                key: entry_key(
+            entries: vec![
+                check(
                     Capability::NetBindService,
                     EntryVerdict::Denied,
-                    Some(49),
-                    0,
-                ),
-                count: 3,
-                first_seen_ms: 1_764_781_262_000,
-                last_seen_ms: 1_764_781_262_000,
-                call_sites: vec![call_site(
+                    49,
                     &["cap_capable", "ns_capable", "__inet_bind+0x1ea"],
-                    example("httpd", 7, 1_764_781_262_000),
-                )],
-            }],
+                )
+                .by("httpd")
+                .pid(7)
+                .count(3)
+                .entry(),
+            ],
         }
     }
 

@@ -312,21 +312,17 @@ pub fn live_check_to_proto(check: &LiveCheck, container_name: String) -> pb::Che
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call_site, example};
-    use crate::{
-        classify::entry_key,
-        profile::{Profile, ProfileEntry},
-        recommend::recommend,
-    };
+    use crate::test_support::check;
+    use crate::{profile::Profile, recommend::recommend};
 
     #[test]
     fn recommendations_round_trip() {
-        let entry = |cap, syscall, stack: &[&str]| ProfileEntry {
-            key: entry_key(cap, EntryVerdict::Granted, Some(syscall), 0),
-            count: 3,
-            first_seen_ms: 1_000,
-            last_seen_ms: 2_000,
-            call_sites: vec![call_site(stack, example("httpd", 1, 1_000))],
+        let entry = |cap, syscall, stack: &[&str]| {
+            check(cap, EntryVerdict::Granted, syscall, stack)
+                .by("httpd")
+                .count(3)
+                .seen(1_000, 2_000)
+                .entry()
         };
         let recommendation = recommend(&Profile {
             subject: Subject::Service {

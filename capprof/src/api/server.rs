@@ -672,11 +672,8 @@ impl CheckFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{call_site, example};
-    use crate::{
-        classify::entry_key,
-        profile::{EntryVerdict, ProfileEntry},
-    };
+    use crate::profile::EntryVerdict;
+    use crate::test_support::check;
 
     fn recommendation(entries: &[(Capability, EntryVerdict, u32, u64)]) -> Recommendation {
         recommend(&Profile {
@@ -684,15 +681,11 @@ mod tests {
             info: SubjectInfo::default(),
             entries: entries
                 .iter()
-                .map(|(cap, verdict, syscall, count)| ProfileEntry {
-                    key: entry_key(*cap, *verdict, Some(*syscall), 0),
-                    count: *count,
-                    first_seen_ms: 1,
-                    last_seen_ms: 2,
-                    call_sites: vec![call_site(
-                        &["cap_capable", "__inet_bind+0x1"],
-                        example("httpd", 1, 1),
-                    )],
+                .map(|&(cap, verdict, syscall, count)| {
+                    check(cap, verdict, syscall, &["cap_capable", "__inet_bind+0x1"])
+                        .by("httpd")
+                        .count(count)
+                        .entry()
                 })
                 .collect(),
         })
