@@ -65,7 +65,7 @@ struct Target {
 }
 
 /// Write `cap_drop: [ALL]` and the minimal `cap_add` (one comment with its reason each) into
-/// every profiled service of existing Compose files.
+/// every profiled service of existing Compose files
 ///
 /// Examples:
 ///   capprof compose apply docker-compose.yml
@@ -97,7 +97,7 @@ struct ApplyArgs {
 }
 
 /// Check that every profiled service drops ALL and adds exactly the capabilities it needs: the
-/// CI gate after `compose apply`.
+/// CI gate after `compose apply`
 ///
 /// Examples:
 ///   capprof compose check docker-compose.yml

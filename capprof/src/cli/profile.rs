@@ -48,7 +48,7 @@ Exit codes:
   127 the command cannot be started";
 
 /// Run a command and profile every container it starts; when it exits, print each Compose
-/// service's minimal cap_add with reasons, and exit with the command's status.
+/// service's minimal cap_add with reasons, and exit with the command's status
 ///
 /// Examples:
 ///   capprof profile -- docker-compose up --abort-on-container-exit

@@ -7,7 +7,7 @@ use capprof::{
 
 use super::Exit;
 
-/// Print the minimal cap_add for a container or Compose service, each with its reason.
+/// Print the minimal cap_add for a container or Compose service, each with its reason
 ///
 /// Examples:
 ///   capprof report shop/web                      a Compose service (project/service)

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Exit;
 
-/// Trace capability checks live: host-wide, in one cgroup, or for one command.
+/// Trace capability checks live: host-wide, in one cgroup, or for one command
 ///
 /// Examples:
 ///   capprof trace                                  every check on the host, until Ctrl-C

@@ -16,7 +16,7 @@ use super::{
     dirs::{PinDirArg, StateDirArg},
 };
 
-/// Prove a recommendation: re-run the workload with cap_drop ALL plus the recommended cap_add.
+/// Prove a recommendation: re-run the workload with cap_drop ALL plus the recommended cap_add
 ///
 /// Examples:
 ///   capprof verify shop-web-1                          re-create an exited container
