@@ -253,9 +253,21 @@ pub struct LeftOut {
     #[serde(serialize_with = "compose_names::one")]
     pub capability: Capability,
     pub run: RunVerdict,
+    /// The workload itself noticed: it ended otherwise than the passing run, or hung. Without
+    /// this, only the tracer saw the loss (a need denied that the workload's own checks miss).
+    pub workload_broke: bool,
 }
 
 impl LeftOut {
+    fn new(capability: Capability, run: RunVerdict) -> Self {
+        let workload_broke = run.timed_out || !run.accepted_exits.contains(&run.exit_code);
+        Self {
+            capability,
+            run,
+            workload_broke,
+        }
+    }
+
     /// The workload broke without it: it ended differently, or something it needed was denied.
     pub fn proven_necessary(&self) -> bool {
         !self.run.passed
@@ -350,10 +362,7 @@ pub async fn verify<R: WorkloadRunner, P: RunProfiles>(
             };
             let run =
                 run_and_judge(runner, profiles, &request, &[recommended_run.exit_code]).await?;
-            leave_one_out.push(LeftOut {
-                capability: *capability,
-                run,
-            });
+            leave_one_out.push(LeftOut::new(*capability, run));
         }
     }
     Ok(VerifyReport {

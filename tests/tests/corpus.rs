@@ -191,7 +191,10 @@ fn check_workload(
         .map(|left| {
             (
                 left["capability"].as_str().unwrap_or_default().to_owned(),
-                left["run"]["passed"] == false,
+                // The workload's own exit status must show it: a denial only the tracer saw
+                // proves less than a corpus workload (whose exit status says whether it
+                // worked) can.
+                left["run"]["passed"] == false && left["workload_broke"] == true,
             )
         })
         .collect();

@@ -105,8 +105,11 @@ pub fn render_text(report: &VerifyReport) -> String {
         } else {
             let _ = writeln!(out, "leave-one-out:");
             for left_out in &report.leave_one_out {
-                let verdict = if left_out.proven_necessary() {
+                let verdict = if left_out.workload_broke {
                     "needed: the workload breaks without it"
+                } else if left_out.proven_necessary() {
+                    "needed: a need is denied without it, though the workload ends as before \
+                     (its own checks do not notice)"
                 } else {
                     "NOT needed: the workload works without it"
                 };

@@ -223,6 +223,33 @@ async fn leave_one_out_counts_a_silent_denial_as_breaking() {
     assert!(report.proven_minimal(), "{}", render_text(&report));
     assert_eq!(report.leave_one_out[0].run.exit_code, 0);
     assert_eq!(report.leave_one_out[0].run.denied.len(), 1);
+    assert!(
+        !report.leave_one_out[0].workload_broke,
+        "the workload ended as before"
+    );
+    let text = render_text(&report);
+    assert!(
+        text.contains(
+            "without CHOWN: needed: a need is denied without it, though the workload ends as before"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn leave_one_out_says_when_the_workload_itself_broke() {
+    let needs = [Capability::Chown, Capability::Kill];
+    let mut workload = FakeWorkload::needing(&needs);
+    let report = verify_fake(&mut workload, &plan(&needs, true)).await;
+    assert!(report.proven_minimal(), "{}", render_text(&report));
+    for left_out in &report.leave_one_out {
+        assert!(left_out.workload_broke, "{left_out:?}");
+    }
+    let text = render_text(&report);
+    assert!(
+        text.contains("without KILL: needed: the workload breaks without it"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
