@@ -251,13 +251,15 @@ pub const RULES: &[Rule] = &[
         name: "noaudit-observed",
         class: CheckClass::Advisory,
         applies: |_, entry| {
-            (entry.key.opts_known() && entry.key.has(check_flags::OPTS_NOAUDIT)).then(|| RuleFinding {
-                reason: format!(
-                    "a silent probe (CAP_OPT_NOAUDIT observed) from {}: the kernel falls back when it is refused",
-                    checking_function(entry).unwrap_or("the kernel")
-                ),
-                recommend_instead: None,
-            })
+            // NOAUDIT alone is not enough: the call site must be a caller known to fall back.
+            // A NOAUDIT check from any other caller goes on to the rules below.
+            if !observed_noaudit(entry) {
+                return None;
+            }
+            let (function, why) = silent_call_site(entry)?;
+            RuleFinding::because(format!(
+                "a silent probe (CAP_OPT_NOAUDIT observed) from {function}: {why}"
+            ))
         },
     },
     Rule {
@@ -265,25 +267,22 @@ pub const RULES: &[Rule] = &[
         class: CheckClass::Advisory,
         applies: |_, entry| {
             if entry.key.opts_known() {
-                // The attach path saw opts and they were not NOAUDIT: trust that over the stack.
+                // The attach path saw opts: `noaudit-observed` has decided with them.
                 return None;
             }
-            SILENT_CALL_SITES
-                .iter()
-                .find(|(function, _)| stack_has(entry, function))
-                .and_then(|(function, why)| {
-                    RuleFinding::because(format!(
-                        "a silent probe from {function} (opts derived from the call site): {why}"
-                    ))
-                })
+            let (function, why) = silent_call_site(entry)?;
+            RuleFinding::because(format!(
+                "a silent probe from {function} (opts derived from the call site): {why}"
+            ))
         },
     },
     Rule {
         name: "overcommit-syscall-without-stack",
         class: CheckClass::Advisory,
         applies: |_, entry| {
+            // Observed opts that are not NOAUDIT rule the heuristic out.
             let applies = entry.call_sites.is_empty()
-                && !entry.key.opts_known()
+                && (!entry.key.opts_known() || observed_noaudit(entry))
                 && entry.key.cap == Capability::SysAdmin.number()
                 && OVERCOMMIT_ONLY_SYSCALLS.contains(&entry.key.syscall().as_str());
             applies.then(|| RuleFinding {
@@ -438,10 +437,11 @@ pub const RULES: &[Rule] = &[
         applies: |_, entry| {
             (entry.key.verdict == EntryVerdict::Denied).then(|| RuleFinding {
                 reason: format!(
-                    "denied {} time(s): the operation ({}() via {}) failed without it",
+                    "denied {} time(s): the operation ({}() via {}) failed without it{}",
                     entry.count,
                     entry.key.syscall(),
-                    checking_function(entry).unwrap_or("the kernel")
+                    checking_function(entry).unwrap_or("the kernel"),
+                    unrecognised_noaudit_note(entry)
                 ),
                 recommend_instead: None,
             })
@@ -450,9 +450,39 @@ pub const RULES: &[Rule] = &[
     Rule {
         name: "granted",
         class: CheckClass::Required,
-        applies: |_, entry| RuleFinding::because(describe_use(entry)),
+        applies: |_, entry| {
+            RuleFinding::because(format!(
+                "{}{}",
+                describe_use(entry),
+                unrecognised_noaudit_note(entry)
+            ))
+        },
     },
 ];
+
+fn observed_noaudit(entry: &ProfileEntry) -> bool {
+    entry.key.opts_known() && entry.key.has(check_flags::OPTS_NOAUDIT)
+}
+
+/// The known silent caller in the entry's stack, with why it does not need the capability.
+fn silent_call_site(entry: &ProfileEntry) -> Option<(&'static str, &'static str)> {
+    SILENT_CALL_SITES
+        .iter()
+        .copied()
+        .find(|(function, _)| stack_has(entry, function))
+}
+
+/// Said of a need that the kernel asked for silently from a caller capprof does not know to
+/// fall back: counted as a need, since a missing capability breaks the service and an extra
+/// one is caught by `capprof verify --leave-one-out`.
+fn unrecognised_noaudit_note(entry: &ProfileEntry) -> &'static str {
+    if observed_noaudit(entry) {
+        " (asked with CAP_OPT_NOAUDIT, but not from a caller known to fall back: counted as a need; \
+         `capprof verify --leave-one-out` tells)"
+    } else {
+        ""
+    }
+}
 
 /// Classifies every entry of a profile.
 pub fn classify(profile: &Profile) -> Vec<Classified> {
@@ -711,6 +741,58 @@ mod tests {
         assert_eq!(
             (c.class, c.rule),
             (CheckClass::Advisory, "noaudit-observed")
+        );
+    }
+
+    #[test]
+    fn observed_noaudit_from_an_unknown_caller_still_counts() {
+        let flags = check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT;
+        for (verdict, expected) in [
+            (EntryVerdict::Granted, (CheckClass::Required, "granted")),
+            (EntryVerdict::Denied, (CheckClass::Missing, "denied")),
+        ] {
+            let c = classify_one(
+                check(
+                    Capability::SysPtrace,
+                    verdict,
+                    SYS_OPENAT,
+                    &[
+                        "cap_capable",
+                        "security_capable",
+                        "ptrace_has_cap",
+                        "proc_pid_attr_open",
+                    ],
+                )
+                .flags(flags)
+                .entry(),
+                vec![],
+            );
+            assert_eq!((c.class, c.rule), expected, "{verdict:?}: {}", c.reason);
+            assert!(c.reason.contains("CAP_OPT_NOAUDIT"), "{}", c.reason);
+        }
+    }
+
+    #[test]
+    fn observed_noaudit_without_a_stack_is_the_overcommit_probe_only_in_memory_syscalls() {
+        let with_opts = |flags| {
+            let mut bare = check(Capability::SysAdmin, EntryVerdict::Denied, SYS_MMAP, &[])
+                .flags(flags)
+                .entry();
+            bare.call_sites.clear();
+            bare
+        };
+        let silent = classify_one(
+            with_opts(check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT),
+            vec![],
+        );
+        assert_eq!(
+            (silent.class, silent.rule),
+            (CheckClass::Advisory, "overcommit-syscall-without-stack")
+        );
+        let audited = classify_one(with_opts(check_flags::OPTS_KNOWN), vec![]);
+        assert_eq!(
+            (audited.class, audited.rule),
+            (CheckClass::Missing, "denied")
         );
     }
 
