@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use capprof::api::{ApiClient, ClientTarget, socket::TlsFiles};
+use capprof::api::{ApiClient, ClientError, ClientTarget, FailureKind, socket::TlsFiles};
 use capprof_proto::v1 as pb;
 use capprof_tests::{
     api::{TestDaemon, on_path},
@@ -141,9 +141,13 @@ async fn tcp_needs_a_client_certificate_from_the_configured_ca() {
         let mut client = ApiClient::connect(&target("rogue")).await?;
         client.status().await
     };
+    let refused = rogue
+        .await
+        .expect_err("a client certificate from another CA is refused");
     assert!(
-        rogue.await.is_err(),
-        "a client certificate from another CA is refused"
+        matches!(refused, ClientError::TlsRefused { .. })
+            && refused.kind() == FailureKind::PermissionDenied,
+        "a refused certificate is a TLS refusal (exit 7): {refused:?}"
     );
 
     // No client certificate at all.

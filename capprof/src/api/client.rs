@@ -114,6 +114,13 @@ pub enum ClientError {
     SocketPermission { path: PathBuf },
     #[error("cannot connect to the capprof daemon at {target}: {detail}")]
     Connect { target: String, detail: String },
+    /// The TLS handshake failed: a certificate one side does not trust, or none at all.
+    #[error(
+        "the TLS handshake with the capprof daemon failed ({detail}): the client certificate \
+         (--tls-cert, --tls-key) must be signed by the CA the daemon was given as --tls-client-ca, \
+         and the daemon's by --tls-ca, for the name in the URL or --tls-domain"
+    )]
+    TlsRefused { detail: String },
     #[error("cannot read {}: {source}", .path.display())]
     TlsFile {
         path: PathBuf,
@@ -139,7 +146,9 @@ impl ClientError {
                 FailureKind::DaemonNotRunning
             }
             ClientError::Connect { .. } => FailureKind::DaemonNotRunning,
-            ClientError::SocketPermission { .. } => FailureKind::PermissionDenied,
+            ClientError::SocketPermission { .. } | ClientError::TlsRefused { .. } => {
+                FailureKind::PermissionDenied
+            }
             ClientError::TlsFile { .. } => FailureKind::BadRequest,
             ClientError::Protocol(_) => FailureKind::Other,
             ClientError::Api { code, reason, .. } => match (code, reason.as_deref()) {
@@ -160,8 +169,40 @@ impl ClientError {
     }
 }
 
+/// What the TLS layer said, when it is what failed somewhere in `error`'s chain.
+///
+/// rustls's error reaches us inside an `io::Error` (whose `source()` skips it): as the error
+/// itself during the handshake, or, for an alert the peer sent after it (TLS 1.3 servers check
+/// the client's certificate then), only as its text, `received fatal alert: …`.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+            let text = inner.to_string();
+            if io.kind() == std::io::ErrorKind::InvalidData && text.contains("fatal alert") {
+                return Some(text);
+            }
+        }
+        next = error.source();
+    }
+    None
+}
+
 impl From<Status> for ClientError {
     fn from(status: Status) -> Self {
+        // With TLS 1.3 the server checks the client's certificate after the client thinks the
+        // handshake is done, so a refused certificate surfaces on the first call.
+        if let Some(detail) = tls_failure(&status) {
+            return ClientError::TlsRefused { detail };
+        }
         // A transport failure mid-call (the daemon went away) also arrives as a status.
         ClientError::Api {
             code: status.code(),
@@ -249,9 +290,12 @@ impl ApiClient {
                 if let Some(domain) = domain {
                     tls = tls.domain_name(domain.clone());
                 }
-                let connect_error = |error: tonic::transport::Error| ClientError::Connect {
-                    target: url.clone(),
-                    detail: super::socket::error_chain(&error),
+                let connect_error = |error: tonic::transport::Error| match tls_failure(&error) {
+                    Some(detail) => ClientError::TlsRefused { detail },
+                    None => ClientError::Connect {
+                        target: url.clone(),
+                        detail: super::socket::error_chain(&error),
+                    },
                 };
                 Endpoint::from_shared(url.clone())
                     .map_err(connect_error)?
@@ -410,6 +454,32 @@ mod tests {
             FailureKind::PermissionDenied
         );
         assert_eq!(status(Code::Internal, None).kind(), FailureKind::Other);
+    }
+
+    #[test]
+    fn a_tls_alert_inside_a_transport_error_is_a_refused_certificate() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let status = Status::from_error(Box::new(io));
+        let error = ClientError::from(status);
+        assert_eq!(error.kind(), FailureKind::PermissionDenied, "{error:?}");
+        assert!(
+            error.to_string().contains("UnknownCA")
+                && error.to_string().contains("--tls-client-ca"),
+            "{error}"
+        );
+        // After the handshake rustls hands on only the alert's text.
+        let late = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let error = ClientError::from(Status::from_error(Box::new(late)));
+        assert_eq!(error.kind(), FailureKind::PermissionDenied, "{error:?}");
+        let unrelated = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(matches!(
+            ClientError::from(unrelated),
+            ClientError::Api { .. }
+        ));
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@ Exit codes:
   4   the kernel lacks what capprof needs (BTF, or no way to hook cap_capable)
   5   the capprof daemon is not running (start it with `sudo capprof daemon`)
   6   no container, service or image has that name, or several do (the message lists them)
-  7   permission denied on the daemon's socket (run with sudo, or join the `capprof` group)
+  7   permission denied on the daemon's socket (run with sudo, or join the `capprof` group),
+      or, over TCP, the TLS handshake refused a certificate
   8   the daemon cannot answer now (shutting down, busy, or not collecting): try again
   9   verify: the workload failed with the recommended capabilities (the report says what to add)
   10  verify --leave-one-out: the workload also works without some of them (the report names them)
