@@ -52,13 +52,17 @@ pub struct DaemonConfig {
     pub events_bytes: u32,
 }
 
+/// Half a second: a watcher sees a changed list well within a second of the check, and a
+/// SIGKILL can lose at most that much (the kernel keeps counting: see the module docs).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             pin_root: PathBuf::from(DEFAULT_PIN_DIR),
             attach: AttachRequest::Auto,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             retention: Duration::from_secs(7 * 24 * 3600),
             events_bytes: capprof_common::DEFAULT_EVENTS_BYTES,
         }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use capprof::{
     api::{ListenArgs, Listeners},
     attach::AttachRequest,
-    daemon::DaemonConfig,
+    daemon::{DEFAULT_POLL_INTERVAL, DaemonConfig},
     docker::EngineAddress,
     service::DaemonService,
 };
@@ -35,8 +35,9 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, default_value_t = AttachRequest::Auto)]
     attach: AttachRequest,
 
-    /// How often checks are folded into profiles and stored: the most a crash can lose.
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    /// How often checks are folded into profiles, stored and sent to watchers: the most a
+    /// crash can lose, and how long a `capprof watch` waits at most for a change.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     poll_interval_ms: u64,
 
     /// How long the profiles of exited containers are kept (e.g. 7d, 12h, 30m); merged service
