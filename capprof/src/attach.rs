@@ -8,10 +8,10 @@
 
 use std::{fmt, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A concrete attach path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// fexit on `cap_capable`: cap, opts and verdict in one program.
@@ -98,14 +98,14 @@ impl From<AttachMode> for AttachRequest {
 }
 
 /// Why a mode was not used.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedMode {
     pub mode: AttachMode,
     pub reason: String,
 }
 
 /// The outcome of choosing: the mode in use and what was skipped on the way.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachChoice {
     pub mode: AttachMode,
     pub skipped: Vec<SkippedMode>,

@@ -235,7 +235,16 @@ impl Daemon {
             Folder::default()
         };
         let attributor = make_attributor(&store)?;
-        let choice = session.attach_choice().clone();
+        let choice = if resumed {
+            // The reasons the stronger paths were skipped, as the daemon that loaded it saw them.
+            store
+                .attach_choice()?
+                .filter(|recorded| recorded.mode == session.attach_choice().mode)
+                .unwrap_or_else(|| session.attach_choice().clone())
+        } else {
+            store.set_attach_choice(session.attach_choice())?;
+            session.attach_choice().clone()
+        };
         info!(attach = %choice.explain(), resumed, "capprof daemon started");
         let state = Arc::new(DaemonState::new(store, Some(choice), resumed));
         let stop = Arc::new(AtomicBool::new(false));

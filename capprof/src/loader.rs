@@ -61,6 +61,18 @@ pub enum LoadError {
     },
     #[error("cannot read the kernel's type information: {0}")]
     Btf(#[from] BtfError),
+    #[error(
+        "the tracer an earlier daemon left pinned at {} attaches with {pinned}, not the --attach {} asked for: \
+         start with --attach {pinned} (or auto), or detach it with `capprof unload` first (stored profiles are kept; \
+         checks since the earlier daemon last stored are not)",
+        .pin_dir.display(),
+        forced_name(*.requested)
+    )]
+    PinnedModeDiffers {
+        pin_dir: PathBuf,
+        pinned: AttachMode,
+        requested: AttachRequest,
+    },
     #[error("the kernel rejected capprof's eBPF maps or object: {source}")]
     Object {
         #[source]
@@ -294,6 +306,13 @@ impl Tracer {
         remove_stale_pins(pin_root, &fingerprint);
 
         if let Some(mode) = pinned_mode(&pin_dir) {
+            if !options.attach.candidates().contains(&mode) {
+                return Err(LoadError::PinnedModeDiffers {
+                    pin_dir,
+                    pinned: mode,
+                    requested: options.attach,
+                });
+            }
             let mut pinned_maps = Vec::new();
             for name in PINNED_MAPS {
                 let path = pin_dir.join(name);
@@ -307,6 +326,7 @@ impl Tracer {
                 ebpf: None,
                 links: Vec::new(),
                 pinned_maps,
+                // Why this mode was chosen is the daemon's to remember (bpffs holds no files).
                 choice: AttachChoice {
                     mode,
                     skipped: Vec::new(),
@@ -337,7 +357,8 @@ impl Tracer {
                 }
                 perf @ AttachedLink::PerfEvent(_) => {
                     tracing::warn!(
-                        "this kernel attaches kprobes through perf events, which cannot be pinned:                          checks made while the daemon is down will not be counted"
+                        "this kernel attaches kprobes through perf events, which cannot be pinned: \
+                         checks made while the daemon is down will not be counted"
                     );
                     unpinned.push((name, perf));
                 }

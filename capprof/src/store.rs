@@ -19,6 +19,7 @@ use std::{collections::HashMap, path::Path};
 use capprof_common::CheckKey;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::attach::AttachChoice;
 use crate::profile::{
     EntryCallSite, EntryKey, EntryVerdict, Profile, ProfileEntry, Subject, SubjectInfo,
 };
@@ -279,6 +280,38 @@ impl Store {
             sites.push((key, decode_site(&stack, &example)?));
         }
         Ok(sites)
+    }
+
+    /// Why the pinned tracer's attach path was chosen, as the daemon that loaded it recorded.
+    pub fn attach_choice(&self) -> Result<Option<AttachChoice>, StoreError> {
+        let json: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'attach_choice'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_error())?;
+        // Only an explanation: one that cannot be read is dropped, not a reason to stop.
+        Ok(json.and_then(|json| {
+            serde_json::from_str(&json)
+                .inspect_err(|error| tracing::warn!(%error, "ignoring the recorded attach choice"))
+                .ok()
+        }))
+    }
+
+    /// Records why a freshly loaded tracer uses its attach path, for the daemons that resume it.
+    pub fn set_attach_choice(&mut self, choice: &AttachChoice) -> Result<(), StoreError> {
+        let json = serde_json::to_string(choice).expect("modes and strings always serialise");
+        self.connection
+            .execute(
+                "INSERT INTO meta (name, value) VALUES ('attach_choice', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [json],
+            )
+            .map_err(self.db_error())?;
+        Ok(())
     }
 
     /// Forgets the kernel bookkeeping: a freshly loaded tracer counts from zero again.
@@ -951,6 +984,36 @@ mod tests {
         assert!(store.reset(&service).unwrap());
         assert_eq!(store.profile(&service).unwrap(), None);
         assert!(!store.reset(&service).unwrap());
+    }
+
+    #[test]
+    fn the_attach_choice_is_kept_replaced_and_a_garbled_one_ignored() {
+        use crate::attach::{AttachMode, SkippedMode};
+        let mut store = Store::open_in_memory().unwrap();
+        assert_eq!(store.attach_choice().unwrap(), None);
+        let choice = AttachChoice {
+            mode: AttachMode::Tracepoint,
+            skipped: vec![SkippedMode {
+                mode: AttachMode::Fentry,
+                reason: "fexit programs load with EPERM".into(),
+            }],
+        };
+        store.set_attach_choice(&choice).unwrap();
+        assert_eq!(store.attach_choice().unwrap(), Some(choice.clone()));
+        let fentry = AttachChoice {
+            mode: AttachMode::Fentry,
+            skipped: vec![],
+        };
+        store.set_attach_choice(&fentry).unwrap();
+        assert_eq!(store.attach_choice().unwrap(), Some(fentry));
+        store
+            .connection
+            .execute(
+                "UPDATE meta SET value = '{' WHERE name = 'attach_choice'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.attach_choice().unwrap(), None);
     }
 
     #[test]

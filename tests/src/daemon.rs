@@ -64,23 +64,53 @@ impl DaemonProcess {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("daemon log");
-        let child = Command::new(&self.binary)
+    /// `capprof daemon` on this daemon's state, pins and socket, with `extra_args`.
+    fn daemon_command(&self, extra_args: &[String]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
             .args(["daemon", "--poll-interval-ms", "200", "--state-dir"])
             .arg(self.work_dir.join("state"))
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--socket")
             .arg(self.socket())
-            .args(&self.extra_args)
+            .args(extra_args)
             .env("DOCKER_HOST", &self.docker_host)
             .env("CAPPROF_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// While this daemon is down, starts one with other arguments that must refuse to start:
+    /// its output. Panics (after stopping it) if it is still running after 30 s.
+    pub fn start_expecting_refusal(&self, extra_args: &[&str]) -> Output {
+        let extra: Vec<String> = extra_args.iter().map(|arg| (*arg).to_owned()).collect();
+        let mut child = self
+            .daemon_command(&extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start capprof daemon");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("daemon output");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("daemon output");
+        panic!("capprof daemon {extra_args:?} did not refuse to start: {output:?}");
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("daemon log");
+        let child = self
+            .daemon_command(&self.extra_args)
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()

@@ -180,12 +180,44 @@ fn a_daemon_killed_and_restarted_loses_nothing_and_counts_checks_made_while_down
     daemon.wait_for_report(container.name(), PATIENCE, |report| {
         needed_count(report, "CHOWN") == 3
     });
+    let (_, before) = daemon.cli_json(&["status", "--format", "json"]);
 
     daemon.kill();
     for file in [4, 5] {
         chown(file);
     }
+    // A forced path other than the pinned tracer's is refused, and changes nothing.
+    let pinned = before["attach_mode"]
+        .as_str()
+        .expect("attach mode")
+        .to_owned();
+    let other = ["fentry", "kprobe", "tracepoint"]
+        .into_iter()
+        .find(|mode| *mode != pinned)
+        .expect("another mode");
+    let refused = daemon.start_expecting_refusal(&["--attach", other]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains(&format!("attaches with {pinned}, not the --attach {other}")),
+        "{refused:?}"
+    );
     daemon.restart();
+    let (_, after) = daemon.cli_json(&["status", "--format", "json"]);
+    assert_eq!(after["resumed"], true, "{after:#}");
+    assert_eq!(
+        (
+            &after["attach_mode"],
+            &after["attach_explanation"],
+            &after["skipped_modes"]
+        ),
+        (
+            &before["attach_mode"],
+            &before["attach_explanation"],
+            &before["skipped_modes"]
+        ),
+        "a resumed daemon explains its attach path as the one that loaded it"
+    );
     let report = daemon.wait_for_report(container.name(), PATIENCE, |report| {
         needed_count(report, "CHOWN") >= 5
     });
