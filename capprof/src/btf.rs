@@ -392,8 +392,22 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// BTF declaring `int cap_capable(...)` with int parameters of these names, as kernels
+    /// before and after Linux 5.1 differ (`int audit`, `unsigned int opts`).
+    pub(crate) fn cap_capable_with_params(names: &[&str]) -> Btf {
+        let mut b = Builder::new();
+        b.ty("int", KIND_INT, 0, false, 4, &[0x0100_0020]);
+        let mut params = Vec::new();
+        for name in names {
+            params.extend([b.string(name), 1]);
+        }
+        b.ty("", KIND_FUNC_PROTO, names.len() as u32, false, 1, &params);
+        b.ty("cap_capable", KIND_FUNC, 0, false, 2, &[]);
+        Btf::parse(&b.finish()).expect("cap_capable BTF parses")
+    }
 
     /// Builds a little-endian BTF blob from (name, info, size_or_type, extra words) entries.
     struct Builder {

@@ -65,6 +65,18 @@ pub fn cap_capable_abi(btf: &Btf) -> Result<CapCapableAbi, BtfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btf::tests::cap_capable_with_params;
+
+    #[test]
+    fn the_fourth_parameter_s_name_decides_the_abi() {
+        let legacy = cap_capable_with_params(&["cred", "targ_ns", "cap", "audit"]);
+        assert_eq!(
+            cap_capable_abi(&legacy).unwrap(),
+            CapCapableAbi::LegacyAudit
+        );
+        let current = cap_capable_with_params(&["cred", "targ_ns", "cap", "opts"]);
+        assert_eq!(cap_capable_abi(&current).unwrap(), CapCapableAbi::Opts);
+    }
 
     #[test]
     fn running_kernel_layout_is_plausible() {
