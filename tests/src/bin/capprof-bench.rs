@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use capprof::{
+    attach::AttachRequest,
     baseline::EmptyProgram,
     capability::Capability,
     cgroup::{self, OwnedCgroup},
@@ -206,7 +207,12 @@ fn hold(program: HeldProgram) -> anyhow::Result<()> {
             })
         }
         HeldProgram::Capprof => {
-            let mut session = TraceSession::start(&TracerOptions::default())?;
+            // On the empty program's hook (and bpftrace's), so that the ratios compare
+            // programs, not hooks, on a kernel that also offers fentry.
+            let mut session = TraceSession::start(&TracerOptions {
+                attach: AttachRequest::Tracepoint,
+                ..TracerOptions::default()
+            })?;
             let attach_mode = session.attach_choice().mode.to_string();
             announce_ready_and_wait()?;
             session.poll()?;
