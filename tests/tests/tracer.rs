@@ -340,6 +340,7 @@ fn silent_overcommit_probe_has_its_opts_observed_where_the_path_sees_them() {
         record.call_sites[0].stack
     );
     assert_opts_match_the_path(record, mode);
+    assert_classified_advisory_by_the_right_rule(record, mode);
 }
 
 #[test]
