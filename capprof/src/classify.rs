@@ -151,6 +151,20 @@ const SILENT_CALL_SITES: &[(&str, &str)] = &[
     ("oom_badness", "only adjusts the OOM killer's score"),
 ];
 
+/// Kernel functions that check silently only when the caller says so, which only observed
+/// `opts` can tell: with `CAP_OPT_NOAUDIT` seen, they are probes like those above; without it,
+/// real permission checks (attaching with ptrace is one).
+const SILENT_WHEN_NOAUDIT_CALL_SITES: &[(&str, &str)] = &[
+    (
+        "__ptrace_may_access",
+        "a PTRACE_MODE_NOAUDIT probe: /proc shows another process's details only with it, and nothing fails without",
+    ),
+    (
+        "ptrace_may_access",
+        "a PTRACE_MODE_NOAUDIT probe: /proc shows another process's details only with it, and nothing fails without",
+    ),
+];
+
 /// System calls in which the kernel checks SYS_ADMIN only through the overcommit heuristic
 /// (`__vm_enough_memory`): when a check's call site was not recorded (the tracer's call-site
 /// table was full), the system call alone says it was that silent probe. `clone` is not among
@@ -256,7 +270,12 @@ pub const RULES: &[Rule] = &[
             if !observed_noaudit(entry) {
                 return None;
             }
-            let (function, why) = silent_call_site(entry)?;
+            let (function, why) = silent_call_site(entry).or_else(|| {
+                SILENT_WHEN_NOAUDIT_CALL_SITES
+                    .iter()
+                    .copied()
+                    .find(|(function, _)| stack_has(entry, function))
+            })?;
             RuleFinding::because(format!(
                 "a silent probe (CAP_OPT_NOAUDIT observed) from {function}: {why}"
             ))
@@ -745,6 +764,50 @@ mod tests {
     }
 
     #[test]
+    fn a_ptrace_mode_probe_is_advisory_only_when_noaudit_is_observed() {
+        let stack = &[
+            "cap_capable",
+            "security_capable",
+            "__ptrace_may_access",
+            "ptrace_may_access",
+            "do_task_stat",
+        ];
+        let probe = |flags| {
+            classify_one(
+                check(
+                    Capability::SysPtrace,
+                    EntryVerdict::Denied,
+                    SYS_OPENAT,
+                    stack,
+                )
+                .flags(flags)
+                .entry(),
+                vec![],
+            )
+        };
+        let silent = probe(check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT);
+        assert_eq!(
+            (silent.class, silent.rule),
+            (CheckClass::Advisory, "noaudit-observed")
+        );
+        assert!(
+            silent.reason.contains("PTRACE_MODE_NOAUDIT"),
+            "{}",
+            silent.reason
+        );
+        let audited = probe(check_flags::OPTS_KNOWN);
+        assert_eq!(
+            (audited.class, audited.rule),
+            (CheckClass::Missing, "denied")
+        );
+        let unknown = probe(0);
+        assert_eq!(
+            (unknown.class, unknown.rule),
+            (CheckClass::Missing, "denied")
+        );
+    }
+
+    #[test]
     fn observed_noaudit_from_an_unknown_caller_still_counts() {
         let flags = check_flags::OPTS_KNOWN | check_flags::OPTS_NOAUDIT;
         for (verdict, expected) in [
@@ -756,12 +819,7 @@ mod tests {
                     Capability::SysPtrace,
                     verdict,
                     SYS_OPENAT,
-                    &[
-                        "cap_capable",
-                        "security_capable",
-                        "ptrace_has_cap",
-                        "proc_pid_attr_open",
-                    ],
+                    &["cap_capable", "security_capable", "some_driver_ioctl"],
                 )
                 .flags(flags)
                 .entry(),
