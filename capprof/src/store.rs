@@ -203,25 +203,9 @@ impl Store {
             .connection
             .execute_batch(SCHEMA)
             .map_err(wrap(&store.path))?;
-        let version: Option<String> = store
-            .connection
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(wrap(&store.path))?;
+        let version = store.meta("schema_version")?;
         match version.map(|v| v.parse::<i64>()) {
-            None => {
-                store
-                    .connection
-                    .execute(
-                        "INSERT INTO meta (name, value) VALUES ('schema_version', ?1)",
-                        [SCHEMA_VERSION.to_string()],
-                    )
-                    .map_err(wrap(&store.path))?;
-            }
+            None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
             Some(Ok(found)) if found > SCHEMA_VERSION => {
                 return Err(StoreError::NewerSchema {
                     path: store.path.clone(),
@@ -282,17 +266,30 @@ impl Store {
         Ok(sites)
     }
 
+    /// A value of the `meta` table.
+    fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.connection
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(self.db_error())
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.connection
+            .execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [name, value],
+            )
+            .map_err(self.db_error())?;
+        Ok(())
+    }
+
     /// Why the pinned tracer's attach path was chosen, as the daemon that loaded it recorded.
     pub fn attach_choice(&self) -> Result<Option<AttachChoice>, StoreError> {
-        let json: Option<String> = self
-            .connection
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'attach_choice'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.db_error())?;
+        let json = self.meta("attach_choice")?;
         // Only an explanation: one that cannot be read is dropped, not a reason to stop.
         Ok(json.and_then(|json| {
             serde_json::from_str(&json)
@@ -304,14 +301,7 @@ impl Store {
     /// Records why a freshly loaded tracer uses its attach path, for the daemons that resume it.
     pub fn set_attach_choice(&mut self, choice: &AttachChoice) -> Result<(), StoreError> {
         let json = serde_json::to_string(choice).expect("modes and strings always serialise");
-        self.connection
-            .execute(
-                "INSERT INTO meta (name, value) VALUES ('attach_choice', ?1) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                [json],
-            )
-            .map_err(self.db_error())?;
-        Ok(())
+        self.set_meta("attach_choice", &json)
     }
 
     /// Forgets the kernel bookkeeping: a freshly loaded tracer counts from zero again.
