@@ -118,3 +118,85 @@ fn without_privileges_trace_says_what_it_needs() {
         "says how to grant them: {stderr}"
     );
 }
+
+#[test]
+fn a_cgroup_traced_for_a_while_as_a_table_shows_its_checks_and_no_one_elses() {
+    use std::io::{BufRead, BufReader, Read};
+
+    use capprof::loader::{Tracer, TracerOptions};
+    use capprof_tests::{cgroups, trigger::Trigger};
+
+    if !ci::require_root() {
+        return;
+    }
+    let Some(mut capprof) = capprof() else { return };
+    // Forced to the path auto would choose, so that --attach is exercised on any kernel.
+    let mode = match Tracer::load(&TracerOptions::default()) {
+        Ok(tracer) => tracer.attach_choice().mode,
+        Err(error) => {
+            ci::skip_or_fail(format_args!("the tracer does not load here: {error}"));
+            return;
+        }
+    };
+    let traced = cgroups::create("trace-table");
+    let other = cgroups::create("trace-table-other");
+    let mut child = capprof
+        .args(["trace", "--attach", &mode.to_string(), "--cgroup"])
+        .arg(traced.path())
+        .args(["--duration", "4", "--format", "table"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run capprof trace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut attached = String::new();
+    stderr
+        .read_line(&mut attached)
+        .expect("capprof trace says how it attached");
+    assert!(
+        attached.contains(&format!("tracing cap_capable via {mode}")),
+        "{attached:?}"
+    );
+    let chown = |times| Trigger {
+        operations: &["chown"],
+        times,
+        drop_caps: false,
+        comm: None,
+    };
+    chown(2).run_in(&traced);
+    chown(5).run_in(&other);
+    let output = child
+        .wait_with_output()
+        .expect("capprof trace ends after --duration");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    assert!(output.status.success(), "{output:?} {rest}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (_, final_counts) = stdout
+        .split_once("final counts:")
+        .unwrap_or_else(|| panic!("no final counts in:\n{stdout}"));
+    let rows: Vec<Vec<&str>> = final_counts
+        .lines()
+        .take_while(|line| !line.starts_with("cgroup "))
+        .map(|line| line.split_whitespace().collect())
+        .filter(|columns: &Vec<&str>| columns.first().is_some_and(|c| c.parse::<u64>().is_ok()))
+        .collect();
+    let traced_id = traced.id().to_string();
+    assert!(
+        rows.iter().all(|row| row.contains(&traced_id.as_str())),
+        "only the traced cgroup's checks: {stdout}"
+    );
+    let fchownat: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter(|row| row[1] == "CAP_CHOWN" && row[2] == "granted" && row[3] == "fchownat")
+        .collect();
+    assert_eq!(fchownat.len(), 1, "{stdout}");
+    assert_eq!(
+        fchownat[0][0], "2",
+        "two chowns in the traced cgroup: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("cgroup {traced_id} {}:", traced.path().display())),
+        "the summary names the cgroup by its path: {stdout}"
+    );
+}
