@@ -234,6 +234,65 @@ fn a_daemon_killed_and_restarted_loses_nothing_and_counts_checks_made_while_down
 }
 
 #[test]
+fn a_daemon_killed_while_checks_stream_in_counts_every_one_exactly() {
+    if !ci::require_root() {
+        return;
+    }
+    let Some(engine) = engine_or_skip() else {
+        return;
+    };
+    let mut daemon = DaemonProcess::start(&engine);
+    // One CAP_CHOWN check per iteration, as fast as busybox goes, until /stop appears; then
+    // the number of iterations is written to /count.
+    let container = ContainerBuilder::new(&engine, "sigkill-stream")
+        .command([
+            "sh",
+            "-c",
+            "i=0; while [ ! -e /stop ]; do touch /f$i && chown 1000 /f$i; i=$((i+1)); done; \
+             echo $i > /count; sleep 600",
+        ])
+        .start()
+        .expect("container");
+    daemon.wait_for_report(container.name(), PATIENCE, |report| {
+        needed_count(report, "CHOWN") >= 50
+    });
+    // Killed between polls or in the middle of one: whichever, nothing may be lost or doubled.
+    daemon.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.restart();
+    daemon.wait_for_report(container.name(), PATIENCE, |report| {
+        needed_count(report, "CHOWN") >= 100
+    });
+    daemon.kill();
+    daemon.restart();
+    container.exec(["touch", "/stop"]).expect("stop the loop");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let iterations: u64 = loop {
+        let output = container.exec(["cat", "/count"]).expect("docker exec cat");
+        if output.status.success() {
+            break String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .expect("a number of iterations");
+        }
+        assert!(std::time::Instant::now() < deadline, "the loop never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let report = daemon.wait_for_report(container.name(), PATIENCE, |report| {
+        needed_count(report, "CHOWN") >= iterations
+    });
+    eprintln!("{iterations} chowns made across two SIGKILLs of the daemon");
+    // Settle: a count that went past the loop's would show up now.
+    std::thread::sleep(Duration::from_millis(600));
+    let report = daemon.report(container.name()).unwrap_or(report);
+    assert_eq!(
+        needed_count(&report, "CHOWN"),
+        iterations,
+        "every chown of the loop counted once across two SIGKILLs: {report:#}"
+    );
+}
+
+#[test]
 fn runtime_setup_is_not_reported_as_a_need() {
     if !ci::require_root() {
         return;
