@@ -786,6 +786,80 @@ async fn watch_prints_plain_lines_when_not_a_terminal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_redraws_the_report_in_place_on_a_terminal() {
+    use tokio::io::AsyncReadExt;
+
+    // `script` gives capprof a terminal (a pseudo-terminal) and passes on what it draws.
+    let Some(script) = on_path("script") else {
+        ci::skip_or_fail("`script` is not installed (apt-get install bsdutils)");
+        return;
+    };
+    let Some(binary) = capprof_binary() else {
+        ci::skip_or_fail(
+            "the capprof binary is not built (cargo build -p capprof, or set CAPPROF_BIN)",
+        );
+        return;
+    };
+    let daemon = TestDaemon::start().await;
+    let command = format!("{} watch shop/web", binary.display());
+    let mut child = tokio::process::Command::new(script)
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("CAPPROF_SOCKET", &daemon.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut screen = String::new();
+    // Reads what the terminal showed until `done` says it is there.
+    let mut read_until = async |what: &str, done: &dyn Fn(&str) -> bool| {
+        let mut buffer = [0u8; 4096];
+        while !done(&screen) {
+            let read = guarded(what, stdout.read(&mut buffer)).await.unwrap();
+            assert!(read > 0, "the terminal closed before {what}: {screen:?}");
+            screen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+        screen.clone()
+    };
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    // The last drawing's `cap_add` section, once the sections after it have begun.
+    let cap_add = |screen: &str| -> Option<Vec<String>> {
+        let (_, drawing) = screen.rsplit_once(CLEAR)?;
+        let (_, section) = drawing.split_once("cap_add (with cap_drop: [ALL]):\r\n")?;
+        let (section, rest) = section.split_once("\r\n\r\n")?;
+        rest.contains("Docker defaults").then_some(())?;
+        Some(
+            section
+                .split("\r\n")
+                .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+                .collect(),
+        )
+    };
+    let first = read_until("the first drawing", &|screen| cap_add(screen).is_some()).await;
+    assert!(first.contains("capprof watch, updated"), "{first:?}");
+    assert_eq!(
+        cap_add(&first).unwrap(),
+        ["CHOWN", "NET_BIND_SERVICE"],
+        "{first:?}"
+    );
+    let web = container(WEB_ID, "shop-web-1", WEB_IMAGE, Some(("shop", "web")));
+    daemon.apply(&checks_of(&web, &[denied_ping(1)]));
+    let second = read_until("the second drawing", &|screen| {
+        screen.matches(CLEAR).count() >= 2 && cap_add(screen).is_some()
+    })
+    .await;
+    assert_eq!(
+        cap_add(&second).unwrap(),
+        ["CHOWN", "NET_BIND_SERVICE", "NET_RAW"],
+        "the whole report is drawn again on a cleared screen: {second:?}"
+    );
+    daemon.stop().await.expect("clean shutdown");
+    let status = guarded("watch to exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(8), "the daemon went away: unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_prints_the_filtered_live_checks() {
     let daemon = TestDaemon::start().await;
     let Some(binary) = capprof_binary() else {
