@@ -82,8 +82,15 @@ pub fn plan(workspace: &Workspace, options: TestOptions) -> Vec<Step> {
     let mut test = workspace.cargo();
     // `CI` is inherited: with CI=true a test that cannot run fails instead of skipping. The eBPF
     // crate only builds for the BPF target (capprof's build script builds it), so it is left out.
-    test.args(["test", "--workspace", "--exclude", "capprof-ebpf"])
-        .env_remove("AYA_BUILD_SKIP");
+    // --no-fail-fast: one failing test binary must not hide what the others would report.
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "capprof-ebpf",
+        "--no-fail-fast",
+    ])
+    .env_remove("AYA_BUILD_SKIP");
     steps.push(Step::command(test));
 
     let mut clippy = workspace.cargo();
@@ -255,9 +262,9 @@ mod tests {
         assert_eq!(names[0], "cargo xtask setup");
         assert!(steps[0].prerequisite);
         assert!(
-            names
-                .iter()
-                .any(|name| name.ends_with("test --workspace --exclude capprof-ebpf"))
+            names.iter().any(
+                |name| name.ends_with("test --workspace --exclude capprof-ebpf --no-fail-fast")
+            )
         );
         assert!(
             names
