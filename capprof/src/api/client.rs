@@ -14,6 +14,7 @@ use super::{
     convert::{self, ConvertError},
     error::REASON_METADATA,
     socket::{DEFAULT_SOCKET, SOCKET_ENV},
+    tls_probe::{self, ProbeVerdict},
 };
 use crate::{profile::Subject, recommend::Recommendation};
 
@@ -284,9 +285,10 @@ impl ApiClient {
                         source,
                     })
                 };
+                let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
                 let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(read(ca)?))
-                    .identity(Identity::from_pem(read(cert)?, read(key)?));
+                    .ca_certificate(Certificate::from_pem(&ca_pem))
+                    .identity(Identity::from_pem(&cert_pem, &key_pem));
                 if let Some(domain) = domain {
                     tls = tls.domain_name(domain.clone());
                 }
@@ -297,13 +299,33 @@ impl ApiClient {
                         detail: super::socket::error_chain(&error),
                     },
                 };
-                Endpoint::from_shared(url.clone())
+                let channel = Endpoint::from_shared(url.clone())
                     .map_err(connect_error)?
                     .tls_config(tls)
                     .map_err(connect_error)?
                     .connect()
                     .await
-                    .map_err(connect_error)?
+                    .map_err(connect_error)?;
+                // tonic's handshake ends before a TLS 1.3 daemon has judged our certificate.
+                let failed = |detail| ClientError::Connect {
+                    target: url.clone(),
+                    detail,
+                };
+                let (address, host) = tls_probe::address_of(url).map_err(failed)?;
+                let probe = tls_probe::ProbeTarget {
+                    address,
+                    server_name: domain.clone().unwrap_or(host),
+                    ca_pem: &ca_pem,
+                    cert_pem: &cert_pem,
+                    key_pem: &key_pem,
+                };
+                match tls_probe::probe(&probe).await {
+                    ProbeVerdict::Accepted => channel,
+                    ProbeVerdict::Refused(detail) => {
+                        return Err(ClientError::TlsRefused { detail });
+                    }
+                    ProbeVerdict::Failed(detail) => return Err(failed(detail)),
+                }
             }
         };
         Ok(Self {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod selector;
 pub mod server;
 pub mod socket;
+mod tls_probe;
 
 use std::future::Future;
 
