@@ -37,6 +37,9 @@ const DRIVER: &str = "capprof-bench";
 const ATTACH_DEADLINE: Duration = Duration::from_secs(60);
 /// bpftrace prints "Attaching 1 probe..." just before it attaches; give the attach time to finish.
 const BPFTRACE_SETTLE: Duration = Duration::from_millis(250);
+/// How long bpftrace has to exit after an interrupt before it gets another, and how many.
+const BPFTRACE_EXIT_WAIT: Duration = Duration::from_secs(2);
+const BPFTRACE_INTERRUPTS: u32 = 5;
 
 /// How to run the benchmark.
 #[derive(Clone, Debug, clap::Args)]
@@ -343,12 +346,7 @@ fn under_bpftrace(
 
     let measured = run_loop(driver, options)?;
 
-    let pid = libc::pid_t::try_from(child.0.id()).context("bpftrace's pid is out of range")?;
-    // SAFETY: kill sends a signal to the bpftrace process this function started.
-    if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot interrupt bpftrace");
-    }
-    let status = child.0.wait()?;
+    let status = interrupt(&mut child.0)?;
     // bpftrace prints its map when interrupted; the reader thread ends at EOF.
     let output: Vec<String> = lines.iter().collect();
     if !status.success() {
@@ -367,6 +365,34 @@ fn under_bpftrace(
         );
     }
     Ok(measured)
+}
+
+/// Stops bpftrace with SIGINT, which makes it print its maps, and waits for it to exit.
+///
+/// bpftrace only looks at an interrupt when its event loop is woken, and a program without
+/// output never wakes it: a SIGINT that lands before the loop sleeps is noted and then forgotten,
+/// and bpftrace sleeps forever (seen here: a second SIGINT ended it). So the signal is repeated
+/// until it exits.
+fn interrupt(bpftrace: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = libc::pid_t::try_from(bpftrace.id()).context("bpftrace's pid is out of range")?;
+    for _ in 0..BPFTRACE_INTERRUPTS {
+        // SAFETY: kill sends a signal to the bpftrace process this function's caller started
+        // and has not reaped yet (try_wait below reaps it only once it has exited).
+        if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot interrupt bpftrace");
+        }
+        let asked = Instant::now();
+        while asked.elapsed() < BPFTRACE_EXIT_WAIT {
+            if let Some(status) = bpftrace.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    bail!(
+        "bpftrace did not exit after {BPFTRACE_INTERRUPTS} interrupts {} s apart",
+        BPFTRACE_EXIT_WAIT.as_secs()
+    )
 }
 
 /// Sends each line `stream` prints to the returned channel, from a thread.
