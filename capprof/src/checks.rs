@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     capability::Capability,
-    collector::{CheckSource, CollectError, Collection, TracerCounters},
+    collector::{Collection, TracerCounters},
     kallsyms::KernelSymbols,
 };
 
@@ -172,11 +172,7 @@ impl CheckTable {
     }
 
     /// Merges a collection; returns the keys whose count or call sites changed.
-    pub fn apply(
-        &mut self,
-        collection: Collection,
-        source: &mut dyn CheckSource,
-    ) -> Result<Vec<CheckKey>, CollectError> {
+    pub fn apply(&mut self, collection: Collection) -> Vec<CheckKey> {
         let Collection {
             counts,
             events,
@@ -191,7 +187,7 @@ impl CheckTable {
                     .entry(event.site.check.cgroup_id)
                     .or_insert(name);
             }
-            let stack = self.symbolized_stack(event.site.stack_id, source)?;
+            let stack = self.symbolized_stack(event);
             let record = self.record_mut(event.site.check);
             record.call_sites.push(CallSite {
                 stack,
@@ -208,7 +204,7 @@ impl CheckTable {
         }
         changed.sort_unstable();
         changed.dedup();
-        Ok(changed)
+        changed
     }
 
     fn record_mut(&mut self, key: CheckKey) -> &mut CheckRecord {
@@ -219,24 +215,18 @@ impl CheckTable {
         })
     }
 
-    /// Reads a stack as the event that named it arrives, and symbolises each distinct stack once.
-    fn symbolized_stack(
-        &mut self,
-        stack_id: i64,
-        source: &mut dyn CheckSource,
-    ) -> Result<Arc<[String]>, CollectError> {
-        let Ok(id) = u32::try_from(stack_id) else {
-            return Ok(Arc::from([]));
-        };
-        let frames = source.kernel_stack(id)?;
-        if let Some(stack) = self.stacks.get(&frames) {
-            return Ok(stack.clone());
+    /// The event's kernel stack, symbolised once per distinct stack.
+    fn symbolized_stack(&mut self, event: &CheckEvent) -> Arc<[String]> {
+        let depth = (event.stack_frames as usize).min(event.stack.len());
+        let frames = &event.stack[..depth];
+        if let Some(stack) = self.stacks.get(frames) {
+            return stack.clone();
         }
         let stack: Arc<[String]> =
             trim_tracing_frames(frames.iter().map(|&ip| self.symbols.describe(ip)).collect())
                 .into();
-        self.stacks.insert(frames, stack.clone());
-        Ok(stack)
+        self.stacks.insert(frames.to_vec(), stack.clone());
+        stack
     }
 
     /// Drops everything about these cgroups (see `KernelCollector::forget_cgroups`).
@@ -301,22 +291,6 @@ mod tests {
     use super::*;
     use capprof_common::CallSiteKey;
 
-    /// A source with a fixed stack per id.
-    struct FakeSource {
-        stacks: HashMap<u32, Vec<u64>>,
-        stack_reads: usize,
-    }
-
-    impl CheckSource for FakeSource {
-        fn collect(&mut self) -> Result<Collection, CollectError> {
-            Ok(Collection::default())
-        }
-        fn kernel_stack(&mut self, stack_id: u32) -> Result<Vec<u64>, CollectError> {
-            self.stack_reads += 1;
-            Ok(self.stacks.get(&stack_id).cloned().unwrap_or_default())
-        }
-    }
-
     fn key(cap: u32, verdict: Verdict, syscall_nr: i32) -> CheckKey {
         CheckKey {
             cgroup_id: 42,
@@ -327,9 +301,12 @@ mod tests {
         }
     }
 
-    fn event(check: CheckKey, stack_id: i64, pid: u32, time: u64) -> CheckEvent {
+    /// An event for `check` whose stack map id is `stack_id` and whose own stack is `frames`.
+    fn event(check: CheckKey, stack_id: i64, frames: &[u64], pid: u32, time: u64) -> CheckEvent {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"test");
+        let mut stack = [0u64; capprof_common::EVENT_STACK_DEPTH];
+        stack[..frames.len()].copy_from_slice(frames);
         CheckEvent {
             site: CallSiteKey { check, stack_id },
             boot_time_ns: time,
@@ -339,8 +316,9 @@ mod tests {
             gid: 0,
             comm,
             raw_opts: 0,
-            _padding: 0,
+            stack_frames: frames.len() as u32,
             cgroup_name: [0; capprof_common::CGROUP_NAME_LEN],
+            stack,
         }
     }
 
@@ -354,48 +332,39 @@ mod tests {
         )
     }
 
+    const SETHOSTNAME_STACK: [u64; 5] = [
+        0xffffffff81000010,
+        0xffffffff81000110,
+        0xffffffff81000204,
+        0xffffffff81000300,
+        0xffffffff81000408,
+    ];
+
     #[test]
     fn merges_counts_and_symbolizes_each_stack_once() {
         let sethostname = key(21, Verdict::Granted, 170);
-        let mut source = FakeSource {
-            stacks: HashMap::from([(
-                7,
-                vec![
-                    0xffffffff81000010,
-                    0xffffffff81000110,
-                    0xffffffff81000204,
-                    0xffffffff81000300,
-                    0xffffffff81000408,
-                ],
-            )]),
-            stack_reads: 0,
-        };
         let mut table = CheckTable::new(symbols());
         let first = Collection {
             counts: vec![(sethostname, 1)],
-            events: vec![event(sethostname, 7, 100, 5)],
+            events: vec![event(sethostname, 7, &SETHOSTNAME_STACK, 100, 5)],
             counters: TracerCounters::default(),
         };
-        assert_eq!(table.apply(first, &mut source).unwrap(), vec![sethostname]);
+        assert_eq!(table.apply(first), vec![sethostname]);
         let second = Collection {
             counts: vec![(sethostname, 1000)],
-            events: vec![event(sethostname, 7, 101, 9)],
+            events: vec![event(sethostname, 7, &SETHOSTNAME_STACK, 101, 9)],
             counters: TracerCounters {
                 events_lost: 3,
                 ..Default::default()
             },
         };
-        assert_eq!(table.apply(second, &mut source).unwrap(), vec![sethostname]);
-        assert_eq!(
-            source.stack_reads, 2,
-            "each event's stack is read when it arrives"
-        );
+        assert_eq!(table.apply(second), vec![sethostname]);
         assert!(
             Arc::ptr_eq(
                 &table.get(&sethostname).unwrap().call_sites[0].stack,
                 &table.get(&sethostname).unwrap().call_sites[1].stack
             ),
-            "and symbolised once"
+            "each distinct stack is symbolised once"
         );
 
         let record = table.get(&sethostname).unwrap();
@@ -416,28 +385,53 @@ mod tests {
     }
 
     #[test]
+    fn each_event_keeps_its_own_stack_whatever_its_stack_id() {
+        // The stack map gives a colliding stack the id of the one it replaces: two keys can
+        // name the same id with different stacks, and each must keep its own.
+        let sethostname = key(21, Verdict::Granted, 170);
+        let brk = key(21, Verdict::Denied, 12);
+        let brk_stack = [0xffffffff81000204, 0xffffffff81000300];
+        let mut table = CheckTable::new(symbols());
+        table.apply(Collection {
+            counts: vec![(sethostname, 1), (brk, 1)],
+            events: vec![
+                event(sethostname, 7, &SETHOSTNAME_STACK, 1, 1),
+                event(brk, 7, &brk_stack, 1, 2),
+            ],
+            counters: TracerCounters::default(),
+        });
+        assert_eq!(
+            &*table.get(&sethostname).unwrap().call_sites[0].stack,
+            [
+                "cap_capable+0x4",
+                "security_capable",
+                "__x64_sys_sethostname+0x8"
+            ]
+        );
+        assert_eq!(
+            &*table.get(&brk).unwrap().call_sites[0].stack,
+            ["cap_capable+0x4", "security_capable"]
+        );
+    }
+
+    #[test]
     fn unchanged_keys_are_not_reported_and_lost_stacks_are_empty() {
         let chown = key(0, Verdict::Denied, 92);
-        let mut source = FakeSource {
-            stacks: HashMap::new(),
-            stack_reads: 0,
-        };
         let mut table = CheckTable::new(symbols());
         let collection = Collection {
             counts: vec![(chown, 2)],
-            events: vec![event(chown, -14, 1, 1)],
+            events: vec![event(chown, -14, &[], 1, 1)],
             counters: TracerCounters::default(),
         };
-        table.apply(collection.clone(), &mut source).unwrap();
+        table.apply(collection.clone());
         let again = Collection {
             events: vec![],
             ..collection
         };
-        assert!(table.apply(again, &mut source).unwrap().is_empty());
+        assert!(table.apply(again).is_empty());
         let record = table.get(&chown).unwrap();
         assert!(record.call_sites[0].stack.is_empty());
         assert_eq!(record.verdict(), Verdict::Denied);
-        assert_eq!(source.stack_reads, 0);
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! Reads what the eBPF program gathered: aggregate counts, first-sighting events, kernel stacks
-//! and the program's own counters.
+//! Reads what the eBPF program gathered: aggregate counts, first-sighting events (each with its
+//! kernel stack) and the program's own counters.
 //!
 //! [`CheckSource`] is the seam between the kernel and the rest of capprof: the real
 //! [`KernelCollector`] reads BPF maps, and unit tests drive the pipeline with a fake.
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use capprof_common::{
     CALL_SITES_MAP, CHECK_COUNTS_MAP, COUNTERS_MAP, CallSiteKey, CheckEvent, CheckKey, Counter,
-    EVENTS_MAP, HOT_SLOT_COUNT, HOT_SLOTS_MAP, HotSlot, KERNEL_STACKS_MAP,
+    EVENTS_MAP, HOT_SLOT_COUNT, HOT_SLOTS_MAP, HotSlot,
 };
 use serde::Serialize;
 
@@ -71,9 +71,6 @@ pub enum CollectError {
 pub trait CheckSource {
     /// Reads the current counts and the events that arrived since the last call.
     fn collect(&mut self) -> Result<Collection, CollectError>;
-
-    /// The instruction pointers of a kernel stack, innermost first.
-    fn kernel_stack(&mut self, stack_id: u32) -> Result<Vec<u64>, CollectError>;
 }
 
 /// Reads the maps of a loaded [`Tracer`].
@@ -86,7 +83,6 @@ pub struct KernelCollector {
     /// ignored.
     forgotten: HashSet<u64>,
     events: RingBuf<MapData>,
-    stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -105,14 +101,12 @@ impl KernelCollector {
         let counts = take(CHECK_COUNTS_MAP)?;
         let hot_slots = take(HOT_SLOTS_MAP)?;
         let events = take(EVENTS_MAP)?;
-        let stacks = take(KERNEL_STACKS_MAP)?;
         let counters = take(COUNTERS_MAP)?;
         let call_sites = take(CALL_SITES_MAP)?;
         Ok(Self {
             counts: PerCpuHashMap::try_from(counts).map_err(map_error(CHECK_COUNTS_MAP))?,
             hot_slots: PerCpuArray::try_from(hot_slots).map_err(map_error(HOT_SLOTS_MAP))?,
             events: RingBuf::try_from(events).map_err(map_error(EVENTS_MAP))?,
-            stacks: StackTraceMap::try_from(stacks).map_err(map_error(KERNEL_STACKS_MAP))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(COUNTERS_MAP))?,
             call_sites: aya::maps::HashMap::try_from(call_sites)
                 .map_err(map_error(CALL_SITES_MAP))?,
@@ -209,16 +203,5 @@ impl CheckSource for KernelCollector {
             events,
             counters,
         })
-    }
-
-    fn kernel_stack(&mut self, stack_id: u32) -> Result<Vec<u64>, CollectError> {
-        let stack = self
-            .stacks
-            .get(&stack_id, 0)
-            .map_err(|source| CollectError::Map {
-                map: KERNEL_STACKS_MAP,
-                source,
-            })?;
-        Ok(stack.frames().iter().map(|frame| frame.ip).collect())
     }
 }

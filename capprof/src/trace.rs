@@ -56,7 +56,7 @@ impl TraceSession {
     pub fn poll(&mut self) -> Result<Vec<CheckKey>, TraceError> {
         self.tracer.flush_diagnostics();
         let collection = self.collector.collect()?;
-        Ok(self.table.apply(collection, &mut self.collector)?)
+        Ok(self.table.apply(collection))
     }
 
     /// Forgets cgroups that are gone and fully folded, in the kernel's maps and in the table.

@@ -9,7 +9,8 @@
 pub const CHECK_COUNTS_MAP: &str = "CHECK_COUNTS";
 /// Name of the hash map that remembers which (key, kernel stack) pairs were already reported.
 pub const CALL_SITES_MAP: &str = "CALL_SITES";
-/// Name of the stack-trace map that holds kernel stacks.
+/// Name of the stack-trace map whose ids tell a key's call paths apart in [`CALL_SITES_MAP`]
+/// (the stacks themselves travel in the events).
 pub const KERNEL_STACKS_MAP: &str = "KERNEL_STACKS";
 /// Name of the ring buffer that carries [`CheckEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -46,7 +47,8 @@ pub const DEFAULT_CALL_SITES_ENTRIES: u32 = 64 * 1024;
 /// Default number of buckets of the stack-trace map (preallocated: about 1 KiB each).
 pub const DEFAULT_KERNEL_STACKS_ENTRIES: u32 = 16 * 1024;
 /// Default size of the event ring buffer in bytes (a power of two, a multiple of the page size).
-pub const DEFAULT_EVENTS_BYTES: u32 = 256 * 1024;
+/// 1 MiB holds about 1,900 events (544 bytes each with their stacks) between two polls.
+pub const DEFAULT_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// Names of the read-only globals user space sets at load time (`EbpfLoader::override_global`).
 pub mod globals {
@@ -231,12 +233,22 @@ pub struct CheckEvent {
     pub comm: [u8; 16],
     /// Raw `opts` (or legacy `audit`) argument when [`check_flags::OPTS_KNOWN`] is set.
     pub raw_opts: u32,
-    pub _padding: u32,
+    /// How many entries of `stack` hold frames (0 when the stack could not be taken).
+    pub stack_frames: u32,
     /// The name of the task's cgroup v2 directory, NUL padded: for a container, its id
     /// (`<id>` with Docker's cgroupfs driver, `docker-<id>.scope` with systemd). Read here
     /// because a short-lived container's cgroup may be gone by the time user space looks.
     pub cgroup_name: [u8; CGROUP_NAME_LEN],
+    /// The kernel stack of this check, innermost first (`bpf_get_stack`). Copied into the event
+    /// rather than read from the stack-trace map by `site.stack_id`: that map replaces a stack
+    /// on a hash collision, so by the time user space read an id it could hold another check's
+    /// stack (seen here: a `brk` overcommit probe reported with a `kill` stack).
+    pub stack: [u64; EVENT_STACK_DEPTH],
 }
+
+/// Frames kept of a check's kernel stack in its event. `cap_capable`'s callers, which the
+/// classifier reads, are among the first few; the deepest stacks seen here have about 30.
+pub const EVENT_STACK_DEPTH: usize = 48;
 
 /// Bytes kept of a cgroup's name: enough for `docker-<64 hex>.scope`.
 pub const CGROUP_NAME_LEN: usize = 80;
@@ -252,7 +264,7 @@ pub enum Counter {
     ChecksDropped = 1,
     /// Call sites not recorded because the call-site map was full.
     CallSitesDropped = 2,
-    /// Kernel stacks that could not be taken (`bpf_get_stackid` failed).
+    /// Kernel stacks that could not be taken (`bpf_get_stackid` or `bpf_get_stack` failed).
     StackErrors = 3,
     /// kretprobe returns without a matching kprobe entry (kprobe path only).
     UnmatchedReturns = 4,
@@ -284,7 +296,7 @@ pub struct PendingCheck {
 
 const _: () = assert!(core::mem::size_of::<CheckKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 32);
-const _: () = assert!(core::mem::size_of::<CheckEvent>() == 160);
+const _: () = assert!(core::mem::size_of::<CheckEvent>() == 160 + 8 * EVENT_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<PendingCheck>() == 16);
 const _: () = assert!(core::mem::align_of::<CheckEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<HotSlot>() == 32);

@@ -22,7 +22,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::bpf_get_current_task_btf, generated::bpf_task_pt_regs,
+        generated::bpf_get_current_task_btf, generated::bpf_get_stack, generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -34,8 +34,8 @@ use aya_log_ebpf::warn;
 use capprof_common::{
     CAP_OPT_INSETID, CAP_OPT_NOAUDIT, CGROUP_NAME_LEN, CallSiteKey, CapCapableAbi, CheckEvent,
     CheckKey, Counter, DEFAULT_CALL_SITES_ENTRIES, DEFAULT_CHECK_COUNTS_ENTRIES,
-    DEFAULT_EVENTS_BYTES, DEFAULT_KERNEL_STACKS_ENTRIES, HOT_SLOT_COUNT, HotSlot, PendingCheck,
-    Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
+    DEFAULT_EVENTS_BYTES, DEFAULT_KERNEL_STACKS_ENTRIES, EVENT_STACK_DEPTH, HOT_SLOT_COUNT,
+    HotSlot, PendingCheck, Verdict, check_flags, hot_slot_index, is_runtime_init_comm,
 };
 
 // Read-only globals, set by user space at load time. `read_volatile` keeps LLVM from folding the
@@ -415,8 +415,9 @@ fn report_call_site<C: EbpfContext + StackIdContext>(
     check: CheckKey,
     raw_opts: u32,
 ) {
-    // On a hash collision in the stack map the new stack takes the old one's id: user space reads
-    // each stack when its event arrives, and an id that is refused would lose the stack instead.
+    // The id only tells this key's call paths apart; the event carries the stack itself. On a
+    // hash collision the new stack takes the old one's id (an id that is refused would leave
+    // this path unreported for good).
     let stack_id = match ctx.get_stackid(&KERNEL_STACKS, u64::from(BPF_F_REUSE_STACKID)) {
         Ok(id) => id,
         Err(errno) => {
@@ -459,10 +460,22 @@ fn report_call_site<C: EbpfContext + StackIdContext>(
         (*event).gid = (uid_gid >> 32) as u32;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         (*event).raw_opts = raw_opts;
-        (*event)._padding = 0;
         (*event).cgroup_name = [0; CGROUP_NAME_LEN];
         let name: u64 = load(current_cgroup_node(task), &KERNFS_NODE_NAME_OFFSET);
         let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).cgroup_name);
+        // Fills the rest of the buffer with zeros when the stack is shorter.
+        let copied = bpf_get_stack(
+            ctx.as_ptr(),
+            (*event).stack.as_mut_ptr().cast(),
+            core::mem::size_of::<[u64; EVENT_STACK_DEPTH]>() as u32,
+            0,
+        );
+        (*event).stack_frames = if copied > 0 {
+            copied as u32 / core::mem::size_of::<u64>() as u32
+        } else {
+            bump(Counter::StackErrors);
+            0
+        };
     }
     entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }

@@ -51,7 +51,7 @@ pub struct TraceArgs {
     interval_ms: u64,
 
     /// Size of the ring buffer for first sightings, in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 256)]
+    #[arg(long, value_name = "KIB", default_value_t = capprof_common::DEFAULT_EVENTS_BYTES / 1024)]
     ring_buffer_kib: u32,
 
     /// A command to run and trace in a cgroup of its own.
