@@ -415,9 +415,8 @@ fn report_call_site<C: EbpfContext + StackIdContext>(
     check: CheckKey,
     raw_opts: u32,
 ) {
-    // The id only tells this key's call paths apart; the event carries the stack itself. On a
-    // hash collision the new stack takes the old one's id (an id that is refused would leave
-    // this path unreported for good).
+    // The id only tells this key's call paths apart; the event carries the stack itself, so a
+    // colliding stack that takes over another's id (BPF_F_REUSE_STACKID) mislabels nothing.
     let stack_id = match ctx.get_stackid(&KERNEL_STACKS, u64::from(BPF_F_REUSE_STACKID)) {
         Ok(id) => id,
         Err(errno) => {
