@@ -175,7 +175,7 @@ impl ClientError {
 /// rustls's error reaches us inside an `io::Error` (whose `source()` skips it): as the error
 /// itself during the handshake, or, for an alert the peer sent after it (TLS 1.3 servers check
 /// the client's certificate then), only as its text, `received fatal alert: …`.
-fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(super) fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {

@@ -17,6 +17,8 @@ use rustls::{
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
 
+use super::client::tls_failure;
+
 /// How long the daemon has to send its first record after the handshake. It sends it at once;
 /// a daemon slower than this is not refusing, so the probe lets the real call go ahead.
 const FIRST_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,20 +103,11 @@ pub(super) async fn probe(target: &ProbeTarget<'_>) -> ProbeVerdict {
     }
 }
 
-/// The verdict an I/O error from tokio-rustls carries: rustls's own error inside it, or only its
-/// text for an alert received after the handshake.
+/// The verdict an I/O error from tokio-rustls carries.
 fn verdict_of(error: &std::io::Error) -> ProbeVerdict {
-    match error.get_ref() {
-        Some(inner) if inner.downcast_ref::<rustls::Error>().is_some() => {
-            ProbeVerdict::Refused(inner.to_string())
-        }
-        Some(inner)
-            if error.kind() == std::io::ErrorKind::InvalidData
-                && inner.to_string().contains("alert") =>
-        {
-            ProbeVerdict::Refused(inner.to_string())
-        }
-        _ => ProbeVerdict::Failed(error.to_string()),
+    match tls_failure(error) {
+        Some(detail) => ProbeVerdict::Refused(detail),
+        None => ProbeVerdict::Failed(error.to_string()),
     }
 }
 
