@@ -1,8 +1,8 @@
 //! Reads what the eBPF program gathered: aggregate counts, first-sighting events (each with its
 //! kernel stack) and the program's own counters.
 //!
-//! [`CheckSource`] is the seam between the kernel and the rest of capprof: the real
-//! [`KernelCollector`] reads BPF maps, and unit tests drive the pipeline with a fake.
+//! A [`Collection`] is the seam between the kernel and the rest of capprof: the
+//! [`KernelCollector`] reads one from the BPF maps, and unit tests build them by hand.
 
 use std::collections::{HashMap, HashSet};
 
@@ -65,12 +65,6 @@ pub enum CollectError {
         #[source]
         source: MapError,
     },
-}
-
-/// Where checks come from.
-pub trait CheckSource {
-    /// Reads the current counts and the events that arrived since the last call.
-    fn collect(&mut self) -> Result<Collection, CollectError>;
 }
 
 /// Reads the maps of a loaded [`Tracer`].
@@ -145,10 +139,9 @@ impl KernelCollector {
         self.forgotten.extend(cgroups);
         Ok(())
     }
-}
 
-impl CheckSource for KernelCollector {
-    fn collect(&mut self) -> Result<Collection, CollectError> {
+    /// Reads the current counts and the events that arrived since the last call.
+    pub fn collect(&mut self) -> Result<Collection, CollectError> {
         // Drain events before reading counts: every event's key is then already in the counts.
         let mut events = Vec::new();
         while let Some(item) = self.events.next() {

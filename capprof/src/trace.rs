@@ -6,7 +6,7 @@ use capprof_common::CheckKey;
 use crate::{
     attach::AttachChoice,
     checks::CheckTable,
-    collector::{CheckSource, CollectError, KernelCollector},
+    collector::{CollectError, KernelCollector},
     kallsyms::{KallsymsError, KernelSymbols},
     loader::{LoadError, Tracer, TracerOptions},
 };
